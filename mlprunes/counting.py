@@ -1,0 +1,118 @@
+"""Parameters and FLOPs of a network, computed from its description without building it.
+
+Parameters are trainable parameters (BN running statistics are buffers and not counted), equal
+to `sum(p.numel() for p in build(spec).parameters())`. FLOPs are multiply-accumulates per image
+of the conv and linear layers at the given input size; BN, ReLU, pooling, additions and
+concatenations are not counted, as is usual in the pruning literature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlprunes.arch import ArchSpec
+from mlprunes.nets.densenet import transition_out
+from mlprunes.nets.wrn import needs_shortcut_conv
+
+Size = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Counts:
+    params: int
+    flops: int
+
+
+def count(spec: ArchSpec, image_size: int | Size = 32) -> Counts:
+    """Parameters and MACs per image of `spec` at `image_size` (an int for square images)."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(size) < 1:
+        raise ValueError(f"image size must be positive, got {image_size!r}")
+    tally = _Tally()
+    if spec.family == "wrn":
+        _count_wrn(spec, size, tally)
+    else:
+        _count_densenet(spec, size, tally)
+    return Counts(tally.params, tally.flops)
+
+
+def count_params(spec: ArchSpec) -> int:
+    return count(spec).params
+
+
+def count_flops(spec: ArchSpec, image_size: int | Size = 32) -> int:
+    return count(spec, image_size).flops
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.params = 0
+        self.flops = 0
+
+    def conv(self, cin: int, cout: int, kernel: int, size: Size, stride: int = 1) -> Size:
+        """Add a bias-free conv with 'same' padding; return its output size."""
+        out = conv_out_size(size, kernel, stride)
+        weights = cin * cout * kernel * kernel
+        self.params += weights
+        self.flops += weights * out[0] * out[1]
+        return out
+
+    def bn(self, channels: int) -> None:
+        self.params += 2 * channels
+
+    def linear(self, cin: int, cout: int) -> None:
+        self.params += cin * cout + cout
+        self.flops += cin * cout
+
+
+def conv_out_size(size: Size, kernel: int, stride: int) -> Size:
+    pad = kernel // 2
+    return tuple((d + 2 * pad - kernel) // stride + 1 for d in size)
+
+
+def _count_wrn(spec: ArchSpec, size: Size, t: _Tally) -> None:
+    channels = spec.stage_channels
+    size = t.conv(3, channels[0], 3, size)
+    in_ch = channels[0]
+    mids = iter(spec.mids)
+    for stage, out_ch in enumerate(channels[1:]):
+        for b in range(spec.blocks_per_stage):
+            stride = 2 if stage > 0 and b == 0 else 1
+            mid = next(mids)
+            shortcut = needs_shortcut_conv(in_ch, out_ch, stride)
+            if mid > 0 or shortcut:
+                t.bn(in_ch)
+            if shortcut:
+                t.conv(in_ch, out_ch, 1, size, stride)
+            if mid > 0:
+                inner = t.conv(in_ch, mid, 3, size, stride)
+                t.bn(mid)
+                t.conv(mid, out_ch, 3, inner)
+            size = conv_out_size(size, 3, stride)
+            in_ch = out_ch
+    t.bn(in_ch)
+    t.linear(in_ch, spec.num_classes)
+
+
+def _count_densenet(spec: ArchSpec, size: Size, t: _Tally) -> None:
+    k = spec.growth
+    channels = 2 * k
+    size = t.conv(3, channels, 3, size)
+    mids = iter(spec.mids)
+    for stage in range(3):
+        for _ in range(spec.blocks_per_stage):
+            mid = next(mids)
+            if mid > 0:
+                t.bn(channels)
+                t.conv(channels, mid, 1, size)
+                t.bn(mid)
+                t.conv(mid, k, 3, size)
+            channels += k
+        if stage < 2:
+            out = transition_out(channels, spec.reduction)
+            t.bn(channels)
+            t.conv(channels, out, 1, size)
+            size = (size[0] // 2, size[1] // 2)
+            channels = out
+    t.bn(channels)
+    t.linear(channels, spec.num_classes)

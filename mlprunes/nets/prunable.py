@@ -1,0 +1,78 @@
+"""What every prunable block shares: its middle width, its channel mask, and the observer hook
+through which a saliency criterion sees the masked activation."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+ActivationObserver = Callable[[torch.Tensor], None]
+
+
+class PrunableBlock(nn.Module):
+    """A block whose middle channels (the outputs of `conv1`, normalised by `bn2`, read by
+    `conv2`) can be pruned.
+
+    A masked block multiplies its middle activation by a 0/1 `mask` buffer after bn2-relu, so the
+    mask saves and loads with the model's state dict. An unmasked block is what compression
+    produces: the same block, physically `mid` channels wide.
+    """
+
+    # The state-dict entries that carry middle channels, and the axis they lie on. Compression
+    # slices exactly these; everything else in a block is copied whole.
+    MIDDLE_AXES = {
+        "conv1.weight": 0,
+        "bn2.weight": 0,
+        "bn2.bias": 0,
+        "bn2.running_mean": 0,
+        "bn2.running_var": 0,
+        "conv2.weight": 1,
+    }
+
+    def __init__(self, mid: int, masked: bool):
+        super().__init__()
+        self.mid = mid
+        self.masked = masked
+        if masked:
+            self.register_buffer("mask", torch.ones(mid))
+        # Set by a saliency criterion (e.g. Fisher) that needs the masked activation; None
+        # keeps the forward pass free of any extra work.
+        self.activation_observer: ActivationObserver | None = None
+
+    def apply_mask(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.masked:
+            return h
+        # Cast the mask, not the activation: under autocast h is bf16 and stays so.
+        h = h * self.mask.to(h.dtype).view(1, -1, 1, 1)
+        if self.activation_observer is not None and h.requires_grad:
+            self.activation_observer(h)
+        return h
+
+
+def prunable_blocks(model: nn.Module) -> list[PrunableBlock]:
+    """The model's prunable blocks in global channel order (the order of `spec.mids`)."""
+    return [m for m in model.modules() if isinstance(m, PrunableBlock)]
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 1, stride=stride, padding=0, bias=False)
+
+
+def init_weights(model: nn.Module) -> None:
+    """The paper's init: conv ~ N(0, sqrt(2 / (kh * kw * out))), BN (1, 0), linear bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (kh * kw * m.out_channels)))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

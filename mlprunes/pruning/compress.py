@@ -1,0 +1,32 @@
+"""Turn a masked model into the physically thinner network it computes."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mlprunes.nets import build
+from mlprunes.nets.prunable import PrunableBlock
+
+
+def compress(model: nn.Module) -> nn.Module:
+    """The unmasked network with each block's middle convs and BN sliced to its surviving
+    channels, carrying the masked model's trained weights. In eval mode it gives the masked
+    model's outputs; its parameter count is `count(compressed spec).params`."""
+    named = [(name, m) for name, m in model.named_modules() if isinstance(m, PrunableBlock)]
+    if not named or not all(m.masked for _, m in named):
+        raise ValueError("compress needs a masked model: build(spec, masked=True)")
+    keeps = [m.mask.nonzero().flatten() for _, m in named]
+    compact = build(model.spec.with_mids(len(k) for k in keeps))
+    wanted = compact.state_dict()
+    # Everything the compact model has is copied; masks and the weights of vanished blocks are
+    # simply not wanted.
+    state = {key: value for key, value in model.state_dict().items() if key in wanted}
+    for (name, _), keep in zip(named, keeps):
+        for local, axis in PrunableBlock.MIDDLE_AXES.items():
+            key = f"{name}.{local}"
+            if key in state:
+                state[key] = state[key].index_select(axis, keep)
+    param = next(model.parameters())
+    compact.to(device=param.device, dtype=param.dtype)
+    compact.load_state_dict(state)  # strict: any key or shape left unhandled fails loudly
+    return compact.train(model.training)

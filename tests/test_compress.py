@@ -1,0 +1,87 @@
+import io
+
+import pytest
+import torch
+
+from mlprunes.counting import count
+from mlprunes.nets import build, prunable_blocks
+from mlprunes.pruning import apply_history, compress, masks_from_history, spec_after
+
+
+def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Non-trivial BN affine and running statistics, so that slicing mistakes would show."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=generator)
+                m.bias.uniform_(-0.5, 0.5, generator=generator)
+                m.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                m.running_var.uniform_(0.5, 2.0, generator=generator)
+
+
+def random_history(spec, generator, empty_blocks=(0,)):
+    """A random prune history that empties the given blocks entirely and prunes about half of
+    the remaining channels."""
+    offsets = [0]
+    for m in spec.mids:
+        offsets.append(offsets[-1] + m)
+    history = []
+    empty_blocks = [b % spec.num_blocks for b in empty_blocks]
+    for b in empty_blocks:
+        history.extend(range(offsets[b], offsets[b + 1]))
+    history = list(dict.fromkeys(history))
+    rest = [i for i in range(spec.prunable_channels) if i not in set(history)]
+    order = torch.randperm(len(rest), generator=generator).tolist()
+    history.extend(rest[j] for j in order[: len(rest) // 2])
+    return history
+
+
+@pytest.mark.parametrize("empty_blocks", [(), (0,), (0, 1, -1)])
+def test_masked_equals_compressed(tiny_spec, empty_blocks):
+    g = torch.Generator().manual_seed(3)
+    model = build(tiny_spec, masked=True)
+    randomise(model, g)
+    history = random_history(tiny_spec, g, empty_blocks)
+    apply_history(model, history)
+    model.eval()
+    compact = compress(model)
+
+    expected = spec_after(tiny_spec, history)
+    assert compact.spec == expected
+    for b in empty_blocks:
+        assert expected.mids[b % tiny_spec.num_blocks] == 0
+    assert sum(p.numel() for p in compact.parameters()) == count(expected).params
+    assert count(expected).params < count(tiny_spec).params
+
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_everything_pruned_still_runs(tiny_spec):
+    model = build(tiny_spec, masked=True).eval()
+    apply_history(model, range(tiny_spec.prunable_channels))
+    compact = compress(model)
+    assert all(m == 0 for m in compact.spec.mids)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_masks_save_and_load_with_the_model(tiny_spec):
+    model = build(tiny_spec, masked=True)
+    history = [0, 3, 5]
+    apply_history(model, history)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    restored = build(tiny_spec, masked=True)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    masks = [b.mask for b in prunable_blocks(restored)]
+    for got, want in zip(masks, masks_from_history(tiny_spec, history)):
+        assert torch.equal(got, want)
+
+
+def test_compress_refuses_an_unmasked_model(tiny_spec):
+    with pytest.raises(ValueError, match="masked model"):
+        compress(build(tiny_spec))
