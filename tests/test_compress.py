@@ -85,3 +85,29 @@ def test_masks_save_and_load_with_the_model(tiny_spec):
 def test_compress_refuses_an_unmasked_model(tiny_spec):
     with pytest.raises(ValueError, match="masked model"):
         compress(build(tiny_spec))
+
+
+def test_masked_equals_compressed_in_training_mode(tiny_spec):
+    """Folding the mask into bn2 keeps train-mode forward, BN statistics and gradients equal
+    to those of the compressed network on the surviving channels."""
+    g = torch.Generator().manual_seed(5)
+    model = build(tiny_spec, masked=True)
+    randomise(model, g)
+    apply_history(model, random_history(tiny_spec, g, (0,)))
+    compact = compress(model).train()
+    model.train()
+    x = torch.randn(6, 3, 16, 16, generator=g)
+    torch.testing.assert_close(compact(x), model(x), rtol=1e-4, atol=1e-5)
+    # The next eval pass uses the updated running statistics: still equal.
+    model.eval()
+    compact.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), rtol=1e-4, atol=1e-5)
+    # Pruned channels get no gradient through bn2.
+    model.train()
+    model(x).sum().backward()
+    for block in prunable_blocks(model):
+        if block.mid:
+            dead = block.mask == 0
+            assert torch.all(block.bn2.weight.grad[dead] == 0)
+            assert torch.all(block.conv1.weight.grad[dead] == 0)

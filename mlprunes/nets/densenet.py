@@ -37,7 +37,7 @@ class DenseLayer(PrunableBlock):
             n, _, h, w = x.shape
             return torch.cat([x, x.new_zeros(n, self.growth, h, w)], 1)
         h = self.conv1(F.relu(self.bn1(x)))
-        h = self.apply_mask(F.relu(self.bn2(h)))
+        h = self.bn2_relu(h)
         return torch.cat([x, self.conv2(h)], 1)
 
 

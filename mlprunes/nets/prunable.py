@@ -7,6 +7,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ActivationObserver = Callable[[torch.Tensor], None]
@@ -16,8 +17,8 @@ class PrunableBlock(nn.Module):
     """A block whose middle channels (the outputs of `conv1`, normalised by `bn2`, read by
     `conv2`) can be pruned.
 
-    A masked block multiplies its middle activation by a 0/1 `mask` buffer after bn2-relu, so the
-    mask saves and loads with the model's state dict. An unmasked block is what compression
+    A masked block multiplies its middle activation by a 0/1 `mask` buffer after bn2-relu (see
+    `bn2_relu`); the mask is a buffer, so it saves and loads with the model's state dict. An unmasked block is what compression
     produces: the same block, physically `mid` channels wide.
     """
 
@@ -42,11 +43,22 @@ class PrunableBlock(nn.Module):
         # keeps the forward pass free of any extra work.
         self.activation_observer: ActivationObserver | None = None
 
-    def apply_mask(self, h: torch.Tensor) -> torch.Tensor:
+    def bn2_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(bn2(x)), times the mask when the block is masked: the masked middle activation.
+
+        The mask is folded into bn2's affine parameters instead of multiplying the activation:
+        for m in {0, 1}, relu(bn(x)) * m == relu(x_hat * (gamma * m) + beta * m), so the result and
+        every gradient are the same, and a C-element product replaces a full-size one in both
+        passes (this is what keeps a masked training step near the cost of a plain one).
+        """
+        bn = self.bn2
         if not self.masked:
-            return h
-        # Cast the mask, not the activation: under autocast h is bf16 and stays so.
-        h = h * self.mask.to(h.dtype).view(1, -1, 1, 1)
+            return F.relu(bn(x))
+        if bn.training:
+            bn.num_batches_tracked.add_(1)
+        mask = self.mask.to(bn.weight.dtype)
+        h = F.relu(F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight * mask,
+                                bn.bias * mask, bn.training, bn.momentum, bn.eps))
         if self.activation_observer is not None and h.requires_grad:
             self.activation_observer(h)
         return h

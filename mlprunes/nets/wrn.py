@@ -39,7 +39,7 @@ class WideBlock(PrunableBlock):
         pre = F.relu(self.bn1(x))
         out = x if self.shortcut is None else self.shortcut(pre)
         if self.mid > 0:
-            h = self.apply_mask(F.relu(self.bn2(self.conv1(pre))))
+            h = self.bn2_relu(self.conv1(pre))
             out = out + self.conv2(h)
         return out
 
