@@ -105,22 +105,34 @@ class L1Saliency(Saliency):
 
 
 class RandomSaliency(Saliency):
-    """Uniform random scores from a seeded generator: a random active channel is pruned."""
+    """Uniform random scores: a random active channel is pruned.
+
+    The scores for the k-th prune come from a generator seeded by (seed, k), so a run resumed
+    after `prunes_done` prunes continues the same sequence as an uninterrupted one.
+    """
 
     name = "random"
 
-    def __init__(self, seed: int = 0) -> None:
-        self._generator = torch.Generator().manual_seed(seed)
+    def __init__(self, seed: int = 0, prunes_done: int = 0) -> None:
+        self.seed = seed
+        self.prunes_done = prunes_done
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        return [torch.rand(block.mid, generator=self._generator) for block in blocks]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.prunes_done)
+        return [torch.rand(block.mid, generator=generator) for block in blocks]
+
+    def reset(self) -> None:
+        self.prunes_done += 1
 
 
 CRITERIA = {"fisher": FisherSaliency, "l1": L1Saliency, "random": RandomSaliency}
 
 
-def make_saliency(name: str, seed: int = 0) -> Saliency:
+def make_saliency(name: str, seed: int = 0, prunes_done: int = 0) -> Saliency:
+    """A criterion by name; `random` is seeded and can continue after `prunes_done` prunes."""
     if name not in CRITERIA:
         raise ValueError(f"unknown saliency criterion {name!r}; choose one of "
                          f"{', '.join(CRITERIA)}")
-    return RandomSaliency(seed) if name == "random" else CRITERIA[name]()
+    if name == "random":
+        return RandomSaliency(seed, prunes_done)
+    return CRITERIA[name]()

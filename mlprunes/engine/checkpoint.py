@@ -1,0 +1,107 @@
+"""Checkpoints: plain data and tensors only, so they load with `weights_only=True`.
+
+A checkpoint holds the architecture description (as JSON), whether the model is masked, its
+state dict (masks included), and, to resume, the optimizer state, the position in the data
+stream, the recipe, the RNG states and the prune history. It is written to a temporary file and
+renamed into place, so a crash never leaves half a checkpoint under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlprunes.arch import ArchError, ArchSpec
+from mlprunes.nets import build
+
+FORMAT = "mlprunes-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable mlprunes checkpoint."""
+
+
+def make_checkpoint(model: nn.Module, *, trainer_state: dict[str, Any] | None = None,
+                    prune_history: list[int] | None = None,
+                    meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild `model` (and, with `trainer_state`, to resume training)."""
+    masked = any(getattr(m, "masked", False) for m in model.modules())
+    checkpoint: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.spec.to_json(),
+        "masked": masked,
+        "model": model.state_dict(),
+        "prune_history": list(prune_history or []),
+        "meta": dict(meta or {}),
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    if torch.cuda.is_available():
+        checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    if trainer_state is not None:
+        checkpoint["trainer"] = {k: v for k, v in trainer_state.items() if k != "model"}
+    return checkpoint
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint; anything else is one CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or unsafe files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable mlprunes checkpoint "
+                              f"({type(err).__name__}: {first_line})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an mlprunes checkpoint (no '{FORMAT}' marker)")
+    if checkpoint.get("version") != VERSION:
+        raise CheckpointError(f"{path} is checkpoint version {checkpoint.get('version')}; this "
+                              f"mlprunes reads version {VERSION}")
+    try:
+        checkpoint["spec"] = ArchSpec.from_json(checkpoint["arch"])
+    except (ArchError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} has no valid architecture description ({err})") from None
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """The network a loaded checkpoint holds, with its weights (and masks, if masked)."""
+    model = build(checkpoint["spec"], masked=checkpoint["masked"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint weights do not fit its architecture: "
+                              f"{str(err).splitlines()[0]}") from None
+    return model
+
+
+def restore_rng(checkpoint: dict[str, Any]) -> None:
+    rng = checkpoint.get("rng", {})
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"].cpu())
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])

@@ -1,0 +1,90 @@
+"""Training recipes: the paper's hyperparameters as named presets whose values can be overridden.
+
+A recipe's learning-rate milestones are fractions of the run, so a 15-epoch run anneals as the
+200-epoch one does (WRN: x0.2 at 30%, 60%, 80%; DenseNet-BC: x0.1 at 50%, 75%).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str                            # "step" | "cosine" | "constant"
+    milestones: tuple[float, ...] = ()       # fractions of the run, for "step"
+    gamma: float = 0.1                       # lr factor at each milestone
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"lr and weight decay must be >= 0 and momentum in [0, 1): {self}")
+        if self.schedule not in ("step", "cosine", "constant"):
+            raise ValueError(f"schedule must be step, cosine or constant, got {self.schedule!r}")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones are fractions of the run in (0, 1), got "
+                             f"{self.milestones}")
+
+    def milestone_epochs(self) -> tuple[int, ...]:
+        return tuple(int(round(m * self.epochs)) for m in self.milestones)
+
+    def lr_at(self, epoch: int, batch: int = 0, batches_per_epoch: int = 1) -> float:
+        """The learning rate for a step: per epoch for "step", per step for "cosine"."""
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "step":
+            passed = sum(epoch >= m for m in self.milestone_epochs())
+            return self.lr * self.gamma ** passed
+        total = max(1, self.epochs * batches_per_epoch)
+        t = min(1.0, (epoch * batches_per_epoch + batch) / total)
+        return 0.5 * self.lr * (1 + math.cos(math.pi * t))
+
+    def override(self, **changes: Any) -> "Recipe":
+        """A copy with the given fields changed; None means keep the preset's value."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["milestones"] = list(self.milestones)
+        return data
+
+
+PRESETS: dict[str, Recipe] = {
+    # Zagoruyko & Komodakis' WRN recipe, as the paper's code uses it.
+    "wrn": Recipe(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                  schedule="step", milestones=(0.3, 0.6, 0.8), gamma=0.2),
+    # Huang et al.'s DenseNet recipe: 300 epochs, batch 64, x0.1 at 50% and 75%.
+    "densenet": Recipe(epochs=300, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                       schedule="step", milestones=(0.5, 0.75), gamma=0.1),
+}
+
+# Fine-tuning while pruning: a small constant learning rate (the paper's code).
+PRUNE_PRESETS: dict[str, Recipe] = {
+    "wrn": Recipe(epochs=0, batch_size=128, lr=8e-4, momentum=0.9, weight_decay=5e-4,
+                  schedule="constant"),
+    "densenet": Recipe(epochs=0, batch_size=64, lr=1e-3, momentum=0.9, weight_decay=1e-4,
+                       schedule="constant"),
+}
+
+
+def preset(name: str, pruning: bool = False) -> Recipe:
+    table = PRUNE_PRESETS if pruning else PRESETS
+    if name not in table:
+        raise ValueError(f"unknown recipe preset {name!r}; choose one of {', '.join(table)}")
+    return table[name]

@@ -1,0 +1,188 @@
+"""The training loop shared by training, fine-tuning while pruning, and training from scratch.
+
+`Trainer` owns the model, the SGD optimiser and the position in the data stream (epoch, batch,
+step); `train_steps(n)` and `train_epoch()` advance it. `fit` is the epoch loop around it that
+evaluates and reports each epoch to callbacks (through which the stages log and checkpoint,
+without the loop knowing about MLflow).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mlprunes.data.loader import DeviceLoader
+from mlprunes.engine.evaluate import evaluate
+from mlprunes.engine.recipes import Recipe
+
+PRECISIONS = ("auto", "fp32", "bf16")
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast by default on CUDA (`auto`), full fp32 elsewhere or when asked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@dataclass
+class Position:
+    """Where training is: epochs finished, batches done in the current epoch, steps in all."""
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, recipe: Recipe, loader: DeviceLoader, *,
+                 precision: str = "auto", channels_last: bool | None = None,
+                 compile: bool = False, progress: bool = True, desc: str = "train"):
+        self.device = loader.device
+        self.amp_dtype = autocast_dtype(precision, self.device)
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.recipe = recipe
+        self.loader = loader
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=recipe.lr,
+                                         momentum=recipe.momentum,
+                                         weight_decay=recipe.weight_decay,
+                                         nesterov=recipe.nesterov)
+        self.position = Position()
+        self.progress = progress
+        self.desc = desc
+        # The compiled module shares parameters with self.model; state dicts come from the
+        # plain one so that checkpoints carry no compiler prefixes.
+        self._forward = torch.compile(self.model) if compile else self.model
+
+    @property
+    def lr(self) -> float:
+        p = self.position
+        return self.recipe.lr_at(p.epoch, p.batch, len(self.loader))
+
+    def train_epoch(self) -> dict[str, float]:
+        """Finish the current epoch."""
+        return self._run(len(self.loader) - self.position.batch)
+
+    def train_steps(self, steps: int) -> dict[str, float]:
+        """Train `steps` SGD steps, continuing the data stream across epoch boundaries."""
+        return self._run(steps)
+
+    def _run(self, steps: int) -> dict[str, float]:
+        model, opt, pos = self.model, self.optimizer, self.position
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(total=steps, desc=f"{self.desc} epoch {pos.epoch + 1}", unit="step",
+                   leave=False, file=sys.stderr, disable=not self.progress, mininterval=1.0,
+                   dynamic_ncols=True)
+        start = time.perf_counter()
+        done = 0
+        while done < steps:
+            for x, y in self.loader.epoch(pos.epoch, pos.batch):
+                lr = self.lr
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                with autocast(self.device, self.amp_dtype):
+                    out = self._forward(x)
+                    loss = F.cross_entropy(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                # Accumulated on the device: no host sync per step.
+                loss_sum += loss.detach() * len(y)
+                wrong += (out.argmax(1) != y).sum()
+                seen += len(y)
+                pos.batch += 1
+                pos.step += 1
+                done += 1
+                bar.update(1)
+                if bar.n % 25 == 0 and not bar.disable:
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{loss.item():.3f}",
+                                    err=f"{100.0 * wrong.item() / seen:.1f}%", lr=f"{lr:.3g}",
+                                    img_s=f"{seen / elapsed:.0f}", refresh=False)
+                if done == steps:
+                    break
+            if pos.batch == len(self.loader):
+                pos.epoch += 1
+                pos.batch = 0
+                bar.set_description(f"{self.desc} epoch {pos.epoch + 1}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        bar.close()
+        seen = max(seen, 1)
+        return {
+            "train_loss": loss_sum.item() / seen,
+            "train_error": 100.0 * wrong.item() / seen,
+            "images_per_second": seen / elapsed if elapsed > 0 else float("nan"),
+            "seconds": elapsed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "position": asdict(self.position), "recipe": self.recipe.to_dict(),
+                "data_seed": self.loader.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` stopped: weights, optimizer, position and the data stream."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.position = Position(**state["position"])
+        self.loader.seed = state["data_seed"]
+
+
+def fit(trainer: Trainer, eval_loader: DeviceLoader | None = None,
+        callbacks: Sequence[EpochCallback] = ()) -> dict[str, float]:
+    """Train until `trainer.recipe.epochs` epochs are done (from wherever the trainer is),
+    evaluating after each epoch; each callback gets (epochs done, that epoch's metrics)."""
+    metrics: dict[str, float] = {}
+    while trainer.position.epoch < trainer.recipe.epochs:
+        lr = trainer.lr
+        stats = trainer.train_epoch()
+        metrics = {
+            "train_loss": stats["train_loss"],
+            "train_error": stats["train_error"],
+            "lr": lr,
+            "epoch_seconds": stats["seconds"],
+            "images_per_second": stats["images_per_second"],
+        }
+        if eval_loader is not None:
+            result = evaluate(trainer.model, eval_loader, trainer.amp_dtype)
+            metrics["val_error"] = result["error"]
+            metrics["val_loss"] = result["loss"]
+        for callback in callbacks:
+            callback(trainer.position.epoch, metrics)
+    return metrics

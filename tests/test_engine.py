@@ -1,0 +1,155 @@
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from mlprunes import arch
+from mlprunes.data.loader import DeviceLoader
+from mlprunes.engine.checkpoint import (CheckpointError, load_checkpoint, make_checkpoint,
+                                        model_from_checkpoint, save_checkpoint)
+from mlprunes.engine.evaluate import evaluate
+from mlprunes.engine.latency import measure_latency
+from mlprunes.engine.recipes import PRESETS, Recipe, preset
+from mlprunes.engine.trainer import Trainer, fit, seed_everything
+from mlprunes.nets import build
+from mlprunes.pruning import apply_history
+
+
+def test_wrn_recipe_anneals_at_fractions_of_the_run():
+    recipe = preset("wrn").override(epochs=15)
+    assert recipe.milestone_epochs() == (4, 9, 12)
+    lrs = [recipe.lr_at(e) for e in range(15)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[3] == pytest.approx(0.1)
+    assert lrs[4] == pytest.approx(0.02) and lrs[9] == pytest.approx(0.004)
+    assert lrs[14] == pytest.approx(0.0008)
+    assert PRESETS["wrn"].milestone_epochs() == (60, 120, 160)
+    assert PRESETS["densenet"].milestone_epochs() == (150, 225)
+
+
+def test_cosine_schedule_and_overrides():
+    recipe = preset("wrn").override(epochs=10, schedule="cosine", lr=0.2, batch_size=None)
+    assert recipe.batch_size == 128  # None keeps the preset
+    assert recipe.lr_at(0, 0, 10) == pytest.approx(0.2)
+    assert recipe.lr_at(5, 0, 10) == pytest.approx(0.1)
+    assert recipe.lr_at(9, 9, 10) < 0.001
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        recipe.override(colour="red")
+    with pytest.raises(ValueError, match="schedule"):
+        recipe.override(schedule="exp")
+    with pytest.raises(ValueError, match="unknown recipe preset"):
+        preset("resnet")
+
+
+def toy_data(n=96, size=12, classes=5, seed=0):
+    """Class-coloured noise: learnable, and cheap."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randint(0, 120, (n, 3, size, size), generator=g)
+    images[:, 0] += (labels * 25)[:, None, None]
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def make_trainer(spec, epochs=3, seed=0, masked=False):
+    seed_everything(seed)
+    model = build(spec, masked=masked)
+    images, labels = toy_data()
+    loader = DeviceLoader(images, labels, 16, (0.3,) * 3, (0.2,) * 3, train=True, seed=seed)
+    recipe = preset("wrn").override(epochs=epochs, batch_size=16, lr=0.05)
+    return Trainer(model, recipe, loader, progress=False)
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    spec = arch.wrn(10, 1, num_classes=5)
+    straight = make_trainer(spec)
+    fit(straight)
+
+    first = make_trainer(spec)
+    first.train_epoch()
+    first.train_steps(2)  # interrupted mid-epoch
+    path = save_checkpoint(make_checkpoint(first.model, trainer_state=first.state_dict()),
+                           tmp_path / "ckpt.pt")
+    del first
+
+    checkpoint = load_checkpoint(path)
+    resumed = make_trainer(spec, seed=123)  # different init: everything must come from the file
+    resumed.load_state_dict({"model": checkpoint["model"], **checkpoint["trainer"]})
+    assert resumed.position.epoch == 1 and resumed.position.batch == 2
+    fit(resumed)
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_round_trip_keeps_architecture_masks_and_history(tmp_path):
+    spec = arch.densenet(16, 4, num_classes=5).with_mids([16, 8, 16, 0, 16, 16])
+    model = build(spec, masked=True)
+    apply_history(model, [0, 1, 2])
+    path = save_checkpoint(make_checkpoint(model, prune_history=[0, 1, 2], meta={"k": 1}),
+                           tmp_path / "sub" / "m.pt")
+    assert [p.name for p in path.parent.iterdir()] == ["m.pt"]  # no temp file left behind
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["spec"] == spec and checkpoint["prune_history"] == [0, 1, 2]
+    restored = model_from_checkpoint(checkpoint)
+    for (k, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_loading_refuses_pickled_objects(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mlprunes-checkpoint", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a readable mlprunes checkpoint"):
+        load_checkpoint(path)
+    assert "must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"\x00garbage" * 10, "not a readable mlprunes checkpoint"),
+    (None, "not an mlprunes checkpoint"),
+])
+def test_corrupt_or_foreign_files_are_one_clear_error(tmp_path, content, fragment):
+    path = tmp_path / "x.pt"
+    if content is None:
+        torch.save({"state_dict": {}}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=fragment) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class FixedLogits(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.logits[: len(x)] + 0 * self.dummy
+
+
+def test_evaluate_top1_top5_and_loss():
+    logits = torch.tensor([[9.0, 1, 2, 3, 4, 5, 0],     # label 0: top-1 right
+                           [0.0, 1, 2, 3, 4, 5, 9],     # label 2: top-5 right (rank 5)
+                           [0.0, 9, 8, 7, 6, 5, 4]])    # label 6: top-5 wrong (rank 7)
+    labels = torch.tensor([0, 2, 6])
+    loader = DeviceLoader(torch.zeros(3, 3, 4, 4, dtype=torch.uint8), labels, 8, (0,) * 3,
+                          (1,) * 3, train=False)
+    result = evaluate(FixedLogits(logits), loader)
+    assert result["error"] == pytest.approx(200 / 3)
+    assert result["top5_error"] == pytest.approx(100 / 3)
+    expected = nn.functional.cross_entropy(logits, labels).item()
+    assert result["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_latency_is_a_positive_median():
+    model = build(arch.wrn(10, 1))
+    assert 0 < measure_latency(model, batch_size=2, image_size=8, repeats=3, warmup=1) < 5
+    assert model.training  # restored
