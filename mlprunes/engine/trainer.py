@@ -138,7 +138,8 @@ class Trainer:
             if pos.batch == len(self.loader):
                 pos.epoch += 1
                 pos.batch = 0
-                bar.set_description(f"{self.desc} epoch {pos.epoch + 1}")
+                if done < steps:
+                    bar.set_description(f"{self.desc} epoch {pos.epoch + 1}")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
