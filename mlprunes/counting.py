@@ -116,3 +116,40 @@ def _count_densenet(spec: ArchSpec, size: Size, t: _Tally) -> None:
             channels = out
     t.bn(channels)
     t.linear(channels, spec.num_classes)
+
+
+def smallest_params(spec: ArchSpec) -> int:
+    """Parameters of the smallest network with this skeleton: every prunable block at zero."""
+    return count_params(spec.with_mids([0] * spec.num_blocks))
+
+
+def scale_to_budget(spec: ArchSpec, params_budget: int) -> ArchSpec:
+    """The width profile of `spec` scaled by one factor so that the network has as many
+    parameters as possible without exceeding `params_budget` ("prune once, get a family").
+
+    Widths are round(mid * factor); the factor is found by bisection, since the count grows
+    monotonically with it. Raises ValueError for a budget below the smallest network.
+    """
+    floor = smallest_params(spec)
+    if params_budget < floor:
+        raise ValueError(f"a budget of {params_budget:,} parameters is below the smallest "
+                         f"{spec.name} with this skeleton ({floor:,} parameters, every "
+                         f"prunable block empty)")
+    if not any(spec.mids):
+        return spec
+
+    def scaled(factor: float) -> ArchSpec:
+        return spec.with_mids(int(round(m * factor)) for m in spec.mids)
+
+    low, high = 0.0, 1.0
+    while count_params(scaled(high)) <= params_budget:
+        low, high = high, high * 2
+        if high > 1e6:
+            break
+    for _ in range(60):
+        mid = (low + high) / 2
+        if count_params(scaled(mid)) <= params_budget:
+            low = mid
+        else:
+            high = mid
+    return scaled(low)

@@ -31,6 +31,14 @@ class Saliency:
     def reset(self) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """What a checkpoint must carry for a resumed run to prune exactly as an
+        uninterrupted one would."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class FisherSaliency(Saliency):
     """Fisher pruning (Theis et al. 2018, arXiv 1801.05787).
@@ -87,6 +95,17 @@ class FisherSaliency(Saliency):
     def reset(self) -> None:
         self._totals = [None] * len(self._totals)
 
+    def state_dict(self) -> dict:
+        return {"totals": [None if t is None else t.detach().cpu().clone() for t in self._totals]}
+
+    def load_state_dict(self, state: dict) -> None:
+        totals = state["totals"]
+        if len(totals) != len(self._blocks):
+            raise ValueError(f"Fisher state has {len(totals)} blocks, the model "
+                             f"{len(self._blocks)}")
+        self._totals = [None if t is None else t.to(b.mask.device)
+                        for t, b in zip(totals, self._blocks)]
+
 
 class L1Saliency(Saliency):
     """The L1 norm of each channel's filter in the block's first conv: sum |W|.
@@ -123,6 +142,13 @@ class RandomSaliency(Saliency):
 
     def reset(self) -> None:
         self.prunes_done += 1
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "prunes_done": self.prunes_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = state["seed"]
+        self.prunes_done = state["prunes_done"]
 
 
 CRITERIA = {"fisher": FisherSaliency, "l1": L1Saliency, "random": RandomSaliency}
