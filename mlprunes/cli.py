@@ -20,6 +20,13 @@ from mlprunes.stages.tracking import (DEFAULT_EXPERIMENT, StageError, check_trac
                                       configure_client)
 
 
+def flag(name: str, help: str, default=False):
+    """A boolean flag that also takes an explicit value (`--download` or `--download false`),
+    so that `mlflow run -P download=true` works: MLflow passes extra parameters as `--key value`."""
+    return click.option(name, type=click.BOOL, is_flag=False, flag_value=True, default=default,
+                        help=help)
+
+
 def arch_options(command):
     """The architecture options every network-building command shares."""
     options = [
@@ -94,8 +101,7 @@ def data_options(command):
         click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,
                      help="Dataset [default: cifar10; for later stages, the base run's]."),
         click.option("--data-dir", default=None, help="Where the dataset lives [default: data]."),
-        click.option("--download", is_flag=True, default=None,
-                     help="Download CIFAR through torchvision if it is missing."),
+        flag("--download", "Download CIFAR through torchvision if it is missing.", None),
         click.option("--val-split", type=float, default=None,
                      help="Fraction of the training set held out for validation [default: 0, "
                           "validate on the test set, as the paper's code does]."),
@@ -144,7 +150,8 @@ def run_options(command):
                           "setting."),
         click.option("--channels-last/--no-channels-last", default=None,
                      help="NHWC memory format [default: on for CUDA]."),
-        click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
+        click.option("--compile", "compile_", type=click.BOOL, is_flag=False, flag_value=True,
+                     default=False, help="torch.compile the model."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bars on stderr."),
@@ -247,7 +254,7 @@ def train(family, depth, width, growth, bottle, num_classes, dataset, data_dir, 
               help="Prunes between masked checkpoints (and at the end).")
 @click.option("--val-every", type=int, default=10, show_default=True,
               help="Prunes between validation passes (and at the start and end).")
-@click.option("--keep-one", is_flag=True, help="Never prune a block's last channel.")
+@flag("--keep-one", "Never prune a block's last channel.")
 @data_options
 @recipe_options
 @run_options
@@ -379,8 +386,9 @@ def evaluate(run_id, prunes, batch_size, repeats, device, precision, channels_la
 
 
 @main.command()
-@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True,
-              help="Compare the finished runs of this experiment.")
+@click.option("--experiment", default=None,
+              help="Compare the finished runs of this experiment [default: mlprunes, or the "
+                   "experiment `mlflow run` chose].")
 @click.option("--run-ids", default=None, help="Or: these runs (comma-separated).")
 @click.option("--parent-run-id", default=None, help="Or: the runs of this pipeline run.")
 @click.option("--run-name", default=None)
@@ -390,7 +398,22 @@ def compare(experiment, run_ids, parent_run_id, run_name):
     from mlprunes.stages.compare import run_compare
 
     ids = [r.strip() for r in (run_ids or "").split(",") if r.strip()]
-    finish_command(run_compare(experiment, ids, parent_run_id, run_name))
+    finish_command(run_compare(experiment or current_experiment(), ids, parent_run_id,
+                               run_name))
+
+
+def current_experiment() -> str:
+    """Under `mlflow run`, the experiment it chose; else the default."""
+    import os
+
+    import mlflow
+
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if exp_id:
+        exp = mlflow.get_experiment(exp_id)
+        if exp is not None:
+            return exp.name
+    return DEFAULT_EXPERIMENT
 
 
 @main.command()
@@ -398,7 +421,7 @@ def compare(experiment, run_ids, parent_run_id, run_name):
               help="demo (shapes, minutes on a CPU), tiny (a smoke test), wrn-40-2, "
                    "densenet-bc-100 (CIFAR-10, the paper's settings, for a GPU).")
 @click.option("--data-dir", default=None, help="Where CIFAR lives, for the CIFAR presets.")
-@click.option("--download", is_flag=True, help="Download CIFAR if it is missing.")
+@flag("--download", "Download CIFAR if it is missing.")
 @run_options
 @stage_command
 def pipeline(preset, data_dir, download, device, precision, channels_last, compile_, seed,

@@ -1,5 +1,6 @@
 import random
 
+import mlflow
 import pytest
 import torch
 
@@ -23,3 +24,22 @@ TINY_SPECS = {
 @pytest.fixture(params=sorted(TINY_SPECS))
 def tiny_spec(request):
     return TINY_SPECS[request.param]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store, with artifacts under the test's own folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{work}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()

@@ -15,7 +15,7 @@ from mlprunes.stages import tracking
 STUDY_STAGES = ("train", "prune", "scratch", "family-member", "evaluate")
 TAG_STUDY_RUNS = "mlprunes.study_run_ids"
 
-COLUMNS = ["run_id", "run_name", "stage", "criterion", "arch", "params", "flops", "test_error",
+COLUMNS = ["run_id", "run_name", "stage", "criterion", "arch_spec", "params", "flops", "test_error",
            "test_top5_error", "final_val_error", "epochs", "prunes", "budget",
            "latency_masked_b1_ms", "latency_compressed_b1_ms", "base_run_id", "prune_run_id",
            "source_run_id", "parent_run_id"]
@@ -56,7 +56,7 @@ def row_for(run: Run) -> dict[str, Any]:
         "run_name": tags.get("mlflow.runName", ""),
         "stage": tags.get(tracking.TAG_STAGE, ""),
         "criterion": tags.get("mlprunes.criterion", params.get("criterion", "")),
-        "arch": params.get("arch", ""),
+        "arch_spec": params.get("arch_spec", ""),
         "params": metrics.get("params"),
         "flops": metrics.get("flops"),
         "test_error": metrics.get("test_error"),

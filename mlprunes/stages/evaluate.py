@@ -16,7 +16,7 @@ from mlprunes.stages import tracking
 from mlprunes.stages.common import (RunConfig, config_key, load_splits, make_loaders, say,
                                     size_metrics)
 from mlprunes.stages.prune import base_data_config, checkpoint_name, saved_prune_counts
-from mlprunes.stages.train import FINAL
+from mlprunes.stages.train import FINAL, arch_params
 
 EVALUABLE = ("train", "scratch", "family-member", "prune")
 
@@ -90,7 +90,7 @@ def run_evaluate(run_id: str, *, prunes: int | None = None, batch_size: int = 64
                             parent_run_id=parent_run_id) as ev:
         tracking.log_params({"run_id": run_id, "checkpoint": artifact, "batch_size": batch_size,
                              "repeats": repeats, "device": str(device),
-                             "arch": compact.spec.to_json()})
+                             **arch_params(compact.spec)})
         mlflow.log_metrics(metrics)
         say(f"[evaluate] {name}: test error {result['error']:.2f}%, "
             f"{metrics['params']:,.0f} params; latency b1 masked "

@@ -54,14 +54,14 @@ class StudyPlan:
 
 PLANS: dict[str, StudyPlan] = {
     "demo": StudyPlan(
-        data=DataConfig(dataset="shapes", image_size=16, shapes_train=3000, shapes_test=500),
-        arch={"family": "wrn", "depth": 16, "width": 2},
-        epochs=15, batch_size=64, prunes=250, prune_every=8, save_every=50, val_every=25,
-        prune_batch_size=64, scratch_prunes=(100, 250),
-        baselines=({"depth": 10}, {"width": 1}, {"width": 1.5}, {"bottle": 0.5},
+        data=DataConfig(dataset="shapes", image_size=16, shapes_train=4000, shapes_test=1000),
+        arch={"family": "wrn", "depth": 16, "width": 1},
+        epochs=25, batch_size=64, prunes=150, prune_every=4, save_every=50, val_every=10,
+        prune_batch_size=64, scratch_prunes=(75, 150),
+        baselines=({"depth": 10}, {"width": 0.5}, {"width": 0.75}, {"bottle": 0.5},
                    {"bottle": 0.25}),
-        family_budgets=(0.25, 0.5),
-        description="WRN-16-2 on 16x16 shapes: the whole study in minutes on 2 CPU cores"),
+        family_budgets=(0.3, 0.5),
+        description="WRN-16-1 on 16x16 shapes: the whole study in minutes on 2 CPU cores"),
     # Seconds, for smoke tests of the pipeline machinery; not a meaningful study.
     "tiny": StudyPlan(
         data=DataConfig(dataset="shapes", image_size=8, shapes_train=256, shapes_test=64),

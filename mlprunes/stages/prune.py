@@ -28,7 +28,7 @@ from mlprunes.pruning import Pruner, apply_history, compress, make_saliency, spe
 from mlprunes.stages import tracking
 from mlprunes.stages.common import (DataConfig, RunConfig, config_key, load_splits,
                                     make_loaders, recipe_params, say, size_metrics, spec_json)
-from mlprunes.stages.train import FINAL, finish
+from mlprunes.stages.train import FINAL, arch_params, finish
 
 CHECKPOINT_RE = re.compile(r"checkpoints/prunes_(\d+)\.pt$")
 
@@ -112,7 +112,7 @@ def run_pruning(job: PruneJob, parent_run_id: str | None = None,
             if resume_run_id is not None:
                 start, curve = _resume(run_id, trainer, pruner, tmp)
             else:
-                tracking.log_params({**job.settings(), "arch": spec.to_json(),
+                tracking.log_params({**job.settings(), **arch_params(spec),
                                      "device": job.run.device})
                 mlflow.log_text(spec_json(spec), "arch.json")
             say(f"[prune] {name}: {job.prunes} {job.criterion} prunes of {spec.name} "

@@ -44,7 +44,7 @@ class TrainJob:
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the result (not how fast it is computed)."""
-        return {"arch": self.spec.to_dict(), **recipe_params(self.recipe),
+        return {"arch_spec": self.spec.to_dict(), **recipe_params(self.recipe),
                 **vars(self.data), "seed": self.run.seed, "precision": self.run.precision,
                 "preset": self.preset, **self.extra_params}
 
@@ -78,8 +78,8 @@ def run_training(job: TrainJob, parent_run_id: str | None = None,
             if resume_run_id is not None:
                 _resume(trainer, run_id, tmp)
             else:
-                tracking.log_params({**job.settings(), "arch": job.spec.to_json(),
-                                     "family": job.spec.family, "device": job.run.device,
+                tracking.log_params({**job.settings(), **arch_params(job.spec),
+                                     "device": job.run.device,
                                      "compile": job.run.compile,
                                      "checkpoint_every": job.checkpoint_every})
                 mlflow.log_text(spec_json(job.spec), "arch.json")
@@ -120,6 +120,17 @@ def finish(model: torch.nn.Module, amp_dtype, loaders, image_size, tmp: Path,
     say(f"test error {result['error']:.2f}% (top-5 {result['top5_error']:.2f}%), "
         f"{metrics['params']:,.0f} params, {metrics['flops']:,.0f} MACs")
     return metrics
+
+
+def arch_params(spec) -> dict[str, Any]:
+    """The architecture as options (`arch` is the family, as on the command line) and as the
+    full description (`arch_spec`, JSON)."""
+    options = {"arch": spec.family, "depth": spec.depth, "num_classes": spec.num_classes}
+    if spec.family == "wrn":
+        options["width"] = spec.width
+    else:
+        options.update(growth=spec.growth, reduction=spec.reduction)
+    return {**options, "arch_spec": spec.to_json()}
 
 
 def log_network(model: torch.nn.Module, image_size) -> None:

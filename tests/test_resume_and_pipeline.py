@@ -1,0 +1,112 @@
+"""Interrupted stages resume where they saved; the pipeline reuses what finished."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlprunes.pruning import pruner as pruner_module
+from tests.stage_helpers import TINY_TRAIN, all_runs, cli, read_artifact_text, read_csv
+from tests.test_stages import prune_args
+
+
+def crash_at(monkeypatch, prunes_done: int):
+    """Make the next prune run die (as on Ctrl-C) when it has pruned `prunes_done` channels."""
+    real = pruner_module.Pruner.prune
+
+    def prune(self):
+        if len(self.history) == prunes_done:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(pruner_module.Pruner, "prune", prune)
+
+
+def test_a_killed_prune_resumes_from_its_checkpoint_with_the_same_history(store, monkeypatch,
+                                                                          tmp_path):
+    client = MlflowClient()
+    base = cli(*TINY_TRAIN).run_id
+    straight = cli(*prune_args(base, prunes=12)).run_id
+
+    with monkeypatch.context() as m:
+        crash_at(m, 7)
+        crashed = cli(*prune_args(base, prunes=12))
+    assert crashed.exit_code != 0
+    killed = [r for r in all_runs() if r.data.tags.get("mlprunes.stage") == "prune"
+              and r.info.status != "FINISHED"]
+    assert len(killed) == 1
+    killed_id = killed[0].info.run_id
+    saved = {f.path for f in client.list_artifacts(killed_id, "checkpoints")}
+    assert saved == {"checkpoints/prunes_00004.pt"}  # it died after 7 prunes, saved at 4
+
+    resumed = cli(*prune_args(base, "--resume-run-id", killed_id, prunes=12)).run_id
+    assert resumed == killed_id
+    assert client.get_run(killed_id).info.status == "FINISHED"
+
+    def history(run_id):
+        return json.loads(read_artifact_text(run_id, "prune_history.json", tmp_path / run_id))
+
+    assert len(history(straight)) == 12
+    assert history(resumed) == history(straight)
+    curve = read_csv(read_artifact_text(resumed, "pruning_curve.csv", tmp_path / "c1"))
+    assert curve == read_csv(read_artifact_text(straight, "pruning_curve.csv", tmp_path / "c2"))
+    assert (client.get_run(resumed).data.metrics["test_error"]
+            == client.get_run(straight).data.metrics["test_error"])
+
+
+def test_resume_refuses_a_run_of_another_stage(store):
+    base = cli(*TINY_TRAIN).run_id
+    result = cli(*prune_args(base, "--resume-run-id", base))
+    assert result.exit_code != 0
+    assert "is a 'train' run, not a 'prune' run" in result.error_lines[0]
+
+
+def stages_count():
+    counts = {}
+    for r in all_runs():
+        stage = r.data.tags.get("mlprunes.stage")
+        counts[stage] = counts.get(stage, 0) + 1
+    return counts
+
+
+def test_the_pipeline_run_twice_reuses_every_finished_run(store, tmp_path):
+    client = MlflowClient()
+    first = cli("pipeline", "--preset", "tiny", "--no-progress").run_id
+    after_first = stages_count()
+    assert after_first["train"] == 2 and after_first["prune"] == 1
+    assert after_first["family-member"] == 1 and after_first["evaluate"] == 4
+    first_steps = read_csv(read_artifact_text(first, "pipeline_runs.csv", tmp_path / "a"))
+    assert {s["how"] for s in first_steps} == {"new"}
+
+    second = cli("pipeline", "--preset", "tiny", "--no-progress").run_id
+    after_second = stages_count()
+    # Only the new pipeline run and its compare run are new.
+    assert after_second == {**after_first, "pipeline": 2, "compare": 2}
+    steps = read_csv(read_artifact_text(second, "pipeline_runs.csv", tmp_path / "b"))
+    assert [s["how"] for s in steps[:-1]] == ["reused"] * (len(steps) - 1)
+    assert [s["run_id"] for s in steps[:-1]] == [s["run_id"] for s in first_steps[:-1]]
+    run = client.get_run(second)
+    assert run.data.metrics["runs_reused"] == len(steps) - 1
+    assert set(run.data.tags["mlprunes.reused_runs"].split(",")) == {
+        s["run_id"] for s in steps[:-1]}
+    # The second compare still sees the whole study, family members included.
+    table = read_csv(read_artifact_text(run.data.tags["mlprunes.compare_run_id"], "runs.csv",
+                                        tmp_path / "c"))
+    assert sorted(r["stage"] for r in table) == sorted(
+        ["train"] * 2 + ["prune", "scratch", "family-member"] + ["evaluate"] * 4)
+
+
+def test_the_pipeline_resumes_an_interrupted_prune(store, monkeypatch, tmp_path):
+    with monkeypatch.context() as m:
+        crash_at(m, 8)
+        assert cli("pipeline", "--preset", "tiny", "--no-progress").exit_code != 0
+    second = cli("pipeline", "--preset", "tiny", "--no-progress").run_id
+    steps = {s["step"]: s["how"] for s in
+             read_csv(read_artifact_text(second, "pipeline_runs.csv", tmp_path))}
+    assert steps["base"] == "reused" and steps["prune-fisher"] == "resumed"
+    assert steps["scratch-fisher-p12"] == "new"
+    prunes = [r for r in all_runs() if r.data.tags.get("mlprunes.stage") == "prune"]
+    assert len(prunes) == 1 and prunes[0].info.status == "FINISHED"
+    history = json.loads(read_artifact_text(prunes[0].info.run_id, "prune_history.json",
+                                            tmp_path / "h"))
+    assert len(history) == 12

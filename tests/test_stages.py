@@ -1,0 +1,168 @@
+"""Real stages on tiny settings against a real local tracking store, chained by run IDs."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlprunes.arch import ArchSpec
+from mlprunes.counting import count_params
+from mlprunes.pruning import spec_after
+from tests.stage_helpers import TINY_TRAIN, all_runs, cli, read_artifact_text, read_csv
+
+
+@pytest.fixture
+def base_run(store):
+    return cli(*TINY_TRAIN).run_id
+
+
+def prune_args(base_id, *extra, prunes=8):
+    return ["prune", "--base-run-id", base_id, "--prunes", str(prunes), "--prune-every", "2",
+            "--save-every", "4", "--val-every", "2", "--no-progress", "--no-log-model", *extra]
+
+
+def test_train_prune_scratch_chain_by_printed_run_ids(base_run, tmp_path):
+    client = MlflowClient()
+    base = client.get_run(base_run)
+    assert base.info.status == "FINISHED"
+    assert base.data.tags["mlprunes.stage"] == "train"
+    assert base.data.tags["mlflow.runName"] == "train-wrn-10-1"
+    assert base.data.params["epochs"] == "1" and base.data.params["dataset"] == "shapes"
+    assert ArchSpec.from_json(base.data.params["arch_spec"]).name == "wrn-10-1"
+    assert base.data.params["arch"] == "wrn" and base.data.params["depth"] == "10"
+    for key in ("train_loss", "train_error", "val_error", "val_loss", "lr", "epoch_seconds",
+                "images_per_second", "test_error", "params", "flops"):
+        assert key in base.data.metrics, key
+    assert base.data.metrics["params"] == 77_850
+    assert [m.step for m in client.get_metric_history(base_run, "train_loss")] == [1]
+
+    prune_id = cli(*prune_args(base_run)).run_id
+    prune = client.get_run(prune_id)
+    assert prune.data.tags["mlprunes.stage"] == "prune"
+    assert prune.data.tags["mlprunes.base_run_id"] == base_run
+    assert prune.data.tags["mlflow.runName"] == "prune-fisher-wrn-10-1"
+    artifacts = {f.path for f in client.list_artifacts(prune_id)}
+    assert {"arch.json", "prune_history.json", "pruning_curve.csv"} <= artifacts
+    saved = {f.path for f in client.list_artifacts(prune_id, "checkpoints")}
+    assert {"checkpoints/prunes_00004.pt", "checkpoints/prunes_00008.pt"} <= saved
+    history = json.loads(read_artifact_text(prune_id, "prune_history.json", tmp_path))
+    assert len(history) == 8 and len(set(history)) == 8
+    # One curve point per validation, stepped by prunes done, params falling as channels go.
+    curve = read_csv(read_artifact_text(prune_id, "pruning_curve.csv", tmp_path))
+    assert [int(r["prunes"]) for r in curve] == [0, 2, 4, 6, 8]
+    steps = [m.step for m in client.get_metric_history(prune_id, "val_error")]
+    assert steps == [0, 2, 4, 6, 8]
+    params = [m.value for m in client.get_metric_history(prune_id, "params")]
+    spec = ArchSpec.from_json(read_artifact_text(prune_id, "arch.json", tmp_path))
+    assert params[0] == count_params(spec) and params[-1] == count_params(spec_after(spec, history))
+    assert [m.value for m in client.get_metric_history(prune_id, "channels_left")][-1] == 112 - 8
+
+    scratch_id = cli("scratch", "--prune-run-id", prune_id, "--prunes", "8", "--no-progress",
+                     "--no-log-model").run_id
+    scratch = client.get_run(scratch_id)
+    assert scratch.data.tags["mlprunes.stage"] == "scratch"
+    assert scratch.data.tags["mlprunes.prune_run_id"] == prune_id
+    assert scratch.data.tags["mlprunes.base_run_id"] == base_run
+    assert ArchSpec.from_json(scratch.data.params["arch_spec"]) == spec_after(spec, history)
+    assert scratch.data.metrics["params"] == count_params(spec_after(spec, history))
+    assert scratch.data.params["epochs"] == base.data.params["epochs"]  # scratch-e
+
+
+def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_path):
+    client = MlflowClient()
+    prune_id = cli(*prune_args(base_run, "--criterion", "l1")).run_id
+    history = json.loads(read_artifact_text(prune_id, "prune_history.json", tmp_path))
+    spec = ArchSpec.from_json(read_artifact_text(prune_id, "arch.json", tmp_path))
+    budget = count_params(spec_after(spec, history[:5]))
+    by_budget = cli("scratch", "--prune-run-id", prune_id, "--params-budget", str(budget),
+                    "--budget", "scratch-b", "--no-progress", "--no-log-model").run_id
+    run = client.get_run(by_budget)
+    assert run.data.params["prunes"] == "5"
+    assert run.data.metrics["params"] <= budget
+    assert int(run.data.params["epochs"]) >= 1  # scaled by FLOPs, at least one epoch
+
+    budgets = [40_000, 60_000]
+    family_id = cli("family", "--prune-run-id", prune_id, "--prunes", "8", "--budgets",
+                    ",".join(map(str, budgets)), "--no-progress", "--no-log-model").run_id
+    members = client.search_runs([client.get_run(family_id).info.experiment_id],
+                                 f"tags.`mlflow.parentRunId` = '{family_id}'")
+    assert len(members) == 2
+    sizes = sorted(m.data.metrics["params"] for m in members)
+    assert all(s <= b for s, b in zip(sizes, budgets)) and sizes[0] < sizes[1]
+    assert all(m.data.tags["mlprunes.stage"] == "family-member" for m in members)
+
+    eval_id = cli("evaluate", "--run-id", prune_id, "--repeats", "2", "--batch-size", "8",
+                  "--no-progress").run_id
+    metrics = client.get_run(eval_id).data.metrics
+    assert client.get_run(eval_id).data.tags["mlprunes.source_run_id"] == prune_id
+    for key in ("test_error", "params", "flops", "latency_masked_b1_ms",
+                "latency_compressed_b1_ms", "latency_masked_b8_ms", "speedup_b8"):
+        assert metrics[key] > 0, key
+    assert metrics["params"] == count_params(spec_after(spec, history))
+
+    compare_id = cli("compare").run_id
+    table = read_csv(read_artifact_text(compare_id, "runs.csv", tmp_path))
+    by_id = {r["run_id"]: r for r in table}
+    finished = [r for r in all_runs() if r.info.status == "FINISHED"
+                and r.data.tags.get("mlprunes.stage") in ("train", "prune", "scratch",
+                                                          "family-member", "evaluate")]
+    assert set(by_id) == {r.info.run_id for r in finished}
+    for r in finished:
+        row = by_id[r.info.run_id]
+        assert float(row["params"]) == r.data.metrics["params"]
+        assert float(row["test_error"]) == pytest.approx(r.data.metrics["test_error"])
+
+
+@pytest.mark.parametrize("make_args, fragment", [
+    (lambda ids: ["prune", "--base-run-id", "0123456789abcdef0123456789abcdef", "--prunes", "2"],
+     "no run with ID '0123456789abcdef0123456789abcdef'"),
+    (lambda ids: ["prune", "--base-run-id", ids["prune"], "--prunes", "2"],
+     "is a 'prune' run, not a 'train' run"),
+    (lambda ids: ["scratch", "--prune-run-id", ids["base"], "--prunes", "2"],
+     "is a 'train' run, not a 'prune' run"),
+    (lambda ids: ["prune", "--base-run-id", ids["unfinished"], "--prunes", "2"],
+     "has status RUNNING, not FINISHED"),
+    (lambda ids: ["prune", "--base-run-id", ids["empty"], "--prunes", "2"],
+     "has no artifact 'checkpoints/final.pt'"),
+    (lambda ids: ["scratch", "--prune-run-id", ids["prune"], "--prunes", "100"],
+     "--prunes 100 is beyond what prune run"),
+    (lambda ids: ["family", "--prune-run-id", ids["prune"], "--prunes", "4", "--budgets", "100"],
+     "below the smallest"),
+    (lambda ids: ["prune", "--base-run-id", ids["base"], "--prunes", "5000"],
+     "--prunes 5000 is more than the 112 channels"),
+    (lambda ids: ["train", "--depth", "11"], "depth: WRN depth must be 6n+4"),
+    (lambda ids: ["scratch", "--prune-run-id", ids["prune"], "--params-budget", "10"],
+     "--params-budget 10 is below the smallest network"),
+])
+def test_bad_input_is_one_clear_error_and_nothing_is_written(base_run, make_args, fragment):
+    client = MlflowClient()
+    prune_id = cli(*prune_args(base_run)).run_id
+    exp = client.get_run(base_run).info.experiment_id
+    unfinished = client.create_run(exp, tags={"mlprunes.stage": "train"}).info.run_id
+    empty = client.create_run(exp, tags={"mlprunes.stage": "train"}).info.run_id
+    client.set_terminated(empty, "FINISHED")
+    ids = {"base": base_run, "prune": prune_id, "unfinished": unfinished, "empty": empty}
+    before = {r.info.run_id for r in all_runs()}
+
+    result = cli(*make_args(ids))
+    assert result.exit_code != 0
+    assert len(result.error_lines) == 1, result.stderr
+    assert fragment in result.error_lines[0]
+    assert result.stdout.strip() == ""
+    assert {r.info.run_id for r in all_runs()} == before  # no run was started
+
+
+def test_unreachable_tracking_server_is_one_clear_error(store, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
+    result = cli(*TINY_TRAIN)
+    assert result.exit_code != 0
+    assert result.error_lines == [f"Error: cannot reach the MLflow tracking store at "
+                                  f"http://127.0.0.1:{port}: Connection refused"]
