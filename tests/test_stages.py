@@ -134,6 +134,13 @@ def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_p
     (lambda ids: ["train", "--depth", "11"], "depth: WRN depth must be 6n+4"),
     (lambda ids: ["scratch", "--prune-run-id", ids["prune"], "--params-budget", "10"],
      "--params-budget 10 is below the smallest network"),
+    (lambda ids: [*TINY_TRAIN, "--checkpoint-every", "0"], "--checkpoint-every must be at least 1"),
+    (lambda ids: [*TINY_TRAIN, "--batch-size", "500"], "is smaller than one batch (500)"),
+    (lambda ids: prune_args(ids["base"], "--resume-run-id", ids["prune"]), "has already finished"),
+    (lambda ids: prune_args(ids["base"], "--resume-run-id", ids["stray_prune"]),
+     "was started with other settings"),
+    (lambda ids: ["evaluate", "--run-id", ids["base"], "--batch-size", "0"],
+     "--batch-size and --repeats must be at least 1"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_written(base_run, make_args, fragment):
     client = MlflowClient()
@@ -142,7 +149,10 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(base_run, make_args
     unfinished = client.create_run(exp, tags={"mlprunes.stage": "train"}).info.run_id
     empty = client.create_run(exp, tags={"mlprunes.stage": "train"}).info.run_id
     client.set_terminated(empty, "FINISHED")
-    ids = {"base": base_run, "prune": prune_id, "unfinished": unfinished, "empty": empty}
+    stray_prune = client.create_run(exp, tags={"mlprunes.stage": "prune",
+                                               "mlprunes.config_key": "other"}).info.run_id
+    ids = {"base": base_run, "prune": prune_id, "unfinished": unfinished, "empty": empty,
+           "stray_prune": stray_prune}
     before = {r.info.run_id for r in all_runs()}
 
     result = cli(*make_args(ids))

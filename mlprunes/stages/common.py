@@ -13,7 +13,7 @@ from mlprunes.counting import count
 from mlprunes.data import DataSplits, DatasetError, load_data
 from mlprunes.data.loader import DeviceLoader
 from mlprunes.engine.recipes import Recipe
-from mlprunes.engine.trainer import resolve_device
+from mlprunes.engine.trainer import autocast_dtype, resolve_device
 from mlprunes.stages.tracking import StageError
 
 
@@ -89,6 +89,23 @@ def make_loaders(splits: DataSplits, batch_size: int, run: RunConfig,
     val = DeviceLoader(splits.val.images, splits.val.labels, eval_batch_size, train=False,
                        **common)
     return Loaders(train, val, test)
+
+
+def result_settings(data: DataConfig, run: RunConfig) -> dict[str, Any]:
+    """The data and run settings that change a result. Not where the data lives or whether it
+    may be downloaded; the precision as it takes effect on the device (`auto` is bf16 on a GPU
+    and fp32 on a CPU, two different results)."""
+    settings = {k: v for k, v in vars(data).items() if k not in ("data_dir", "download")}
+    device = resolve_device(run.device)
+    precision = "bf16" if autocast_dtype(run.precision, device) is not None else "fp32"
+    return {**settings, "seed": run.seed, "precision": precision}
+
+
+def check_batches(loaders: Loaders) -> None:
+    train = loaders.train
+    if len(train) == 0:
+        raise StageError(f"the training set ({train.num_samples} images) is smaller than one "
+                         f"batch ({train.batch_size}); lower --batch-size")
 
 
 def config_key(stage: str, settings: dict[str, Any]) -> str:

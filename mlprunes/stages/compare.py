@@ -1,24 +1,23 @@
-"""The `compare` stage: gather a study's finished runs and log one table of their results."""
+"""The `compare` stage: gather a study's finished runs and log the plots, the table and an HTML
+report that answer its questions."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from mlprunes.arch import ArchError, ArchSpec
+from mlprunes.report.html import render
+from mlprunes.report.plots import draw_all
+from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
+from mlprunes.report.table import rows, write_csv
 from mlprunes.stages import tracking
 
 STUDY_STAGES = ("train", "prune", "scratch", "family-member", "evaluate")
 TAG_STUDY_RUNS = "mlprunes.study_run_ids"
-
-COLUMNS = ["run_id", "run_name", "stage", "criterion", "arch_spec", "params", "flops", "test_error",
-           "test_top5_error", "final_val_error", "epochs", "prunes", "budget",
-           "latency_masked_b1_ms", "latency_compressed_b1_ms", "base_run_id", "prune_run_id",
-           "source_run_id", "parent_run_id"]
 
 
 def gather_runs(experiment: str | None = None, run_ids: Sequence[str] = (),
@@ -49,57 +48,94 @@ def gather_runs(experiment: str | None = None, run_ids: Sequence[str] = (),
     return [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) in STUDY_STAGES]
 
 
-def row_for(run: Run) -> dict[str, Any]:
+def _float(value) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except ValueError:
+        return None
+
+
+def _spec(params: dict[str, str]) -> ArchSpec | None:
+    text = params.get("arch_spec", "")
+    try:
+        return ArchSpec.from_json(text) if text.startswith("{") else None
+    except ArchError:
+        return None
+
+
+def _curve(client: MlflowClient, run: Run, base_epochs: float) -> list[CurvePoint]:
+    """A prune run's per-prune metrics as curve points (step = prunes done)."""
+    history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+               for key in ("val_error", "params", "flops", "finetune_epochs")}
+    points = []
+    for step in sorted(history["val_error"]):
+        if step in history["params"] and step in history["flops"]:
+            points.append(CurvePoint(step, history["params"][step], history["flops"][step],
+                                     history["val_error"][step],
+                                     base_epochs + history["finetune_epochs"].get(step, 0.0)))
+    return points
+
+
+def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> RunRecord:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    return {
-        "run_id": run.info.run_id,
-        "run_name": tags.get("mlflow.runName", ""),
-        "stage": tags.get(tracking.TAG_STAGE, ""),
-        "criterion": tags.get("mlprunes.criterion", params.get("criterion", "")),
-        "arch_spec": params.get("arch_spec", ""),
-        "params": metrics.get("params"),
-        "flops": metrics.get("flops"),
-        "test_error": metrics.get("test_error"),
-        "test_top5_error": metrics.get("test_top5_error"),
-        "final_val_error": metrics.get("val_error"),
-        "epochs": params.get("epochs"),
-        "prunes": params.get("prunes"),
-        "budget": params.get("budget", params.get("params_budget")),
-        "latency_masked_b1_ms": metrics.get("latency_masked_b1_ms"),
-        "latency_compressed_b1_ms": metrics.get("latency_compressed_b1_ms"),
-        "base_run_id": tags.get(tracking.TAG_BASE_RUN, ""),
-        "prune_run_id": tags.get(tracking.TAG_PRUNE_RUN, ""),
-        "source_run_id": tags.get(tracking.TAG_SOURCE_RUN, ""),
-        "parent_run_id": tags.get("mlflow.parentRunId", ""),
-    }
+    stage = tags.get(tracking.TAG_STAGE, "")
+    record = RunRecord(
+        run_id=run.info.run_id, name=tags.get("mlflow.runName", run.info.run_id[:8]),
+        stage=stage, criterion=tags.get("mlprunes.criterion", params.get("criterion", "")),
+        budget=params.get("budget", ""), spec=_spec(params), params=metrics.get("params"),
+        flops=metrics.get("flops"), test_error=metrics.get("test_error"),
+        base_run_id=tags.get(tracking.TAG_BASE_RUN, ""),
+        prune_run_id=tags.get(tracking.TAG_PRUNE_RUN, ""),
+        source_run_id=tags.get(tracking.TAG_SOURCE_RUN, ""),
+        parent_run_id=tags.get("mlflow.parentRunId", ""))
+    if stage in ("train", "scratch", "family-member"):
+        record.epochs = _float(params.get("epochs"))
+    elif stage == "prune":
+        base_epochs = epochs_of.get(record.base_run_id)
+        if base_epochs is None and record.base_run_id:
+            try:
+                base_epochs = _float(client.get_run(record.base_run_id).data.params.get("epochs"))
+            except Exception:  # a deleted base run leaves the curve without its offset
+                base_epochs = None
+        record.curve = _curve(client, run, base_epochs or 0.0)
+        record.epochs = record.curve[-1].epochs if record.curve else None
+    elif stage == "evaluate":
+        record.latency_ms = metrics.get("latency_compressed_b1_ms")
+        record.latency_masked_ms = metrics.get("latency_masked_b1_ms")
+    return record
 
 
-def write_table(rows: list[dict[str, Any]], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
-    return path
+def build_records(runs: list[Run]) -> list:
+    client = MlflowClient()
+    epochs_of = {r.info.run_id: _float(r.data.params.get("epochs")) for r in runs
+                 if r.data.tags.get(tracking.TAG_STAGE) == "train"}
+    return assign_groups([record_for(client, r, epochs_of) for r in runs])
 
 
 def run_compare(experiment: str = tracking.DEFAULT_EXPERIMENT, run_ids: Sequence[str] = (),
                 parent_run_id: str | None = None, run_name: str | None = None,
                 study_parent_run_id: str | None = None) -> str:
-    """One run holding the study's table. `parent_run_id` selects the study (a pipeline run);
-    `study_parent_run_id` makes the compare run that pipeline's child."""
+    """One run holding the study's plots, table and report. `parent_run_id` selects the study
+    (a pipeline run); `study_parent_run_id` makes the compare run that pipeline's child."""
     runs = gather_runs(experiment, run_ids, parent_run_id)
     if not runs:
         raise tracking.StageError("no finished mlprunes runs to compare")
-    rows = sorted((row_for(r) for r in runs), key=lambda r: (r["stage"], r["run_name"]))
-    tags = {"mlprunes.compared_runs": str(len(rows))}
+    records = build_records(runs)
+    tags = {"mlprunes.compared_runs": str(len(records))}
     if parent_run_id:
         tags["mlprunes.study_parent_run_id"] = parent_run_id
+    title = "mlprunes study" + (f": {run_name}" if run_name else "")
     with tracking.stage_run("compare", experiment=experiment, run_name=run_name or "compare",
                             tags=tags, parent_run_id=study_parent_run_id) as run:
         tracking.log_params({"experiment": experiment, "run_ids": list(run_ids),
                              "parent_run_id": parent_run_id or ""})
         with tracking.scratch_dir("compare") as tmp:
-            mlflow.log_artifact(str(write_table(rows, tmp / "runs.csv")))
-        mlflow.log_metric("runs", len(rows))
+            plots = draw_all(records, tmp / "plots")
+            mlflow.log_artifacts(str(tmp / "plots"), "plots")
+            mlflow.log_artifact(str(write_csv(rows(records), tmp / "runs.csv")))
+            subtitle = (f"Pipeline run {parent_run_id}." if parent_run_id
+                        else f"Experiment {experiment}.")
+            (tmp / "report.html").write_text(render(records, plots, title, subtitle))
+            mlflow.log_artifact(str(tmp / "report.html"))
+        mlflow.log_metric("runs", len(records))
         return run.info.run_id

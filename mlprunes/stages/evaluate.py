@@ -47,6 +47,9 @@ def run_evaluate(run_id: str, *, prunes: int | None = None, batch_size: int = 64
                  repeats: int = 20, run: RunConfig = RunConfig(),
                  experiment: str = tracking.DEFAULT_EXPERIMENT, run_name: str | None = None,
                  parent_run_id: str | None = None) -> str:
+    if batch_size < 1 or repeats < 1:
+        raise tracking.StageError(f"--batch-size and --repeats must be at least 1, got "
+                                  f"{batch_size} and {repeats}")
     source = tracking.get_run(run_id, stage=EVALUABLE)
     stage = source.data.tags[tracking.TAG_STAGE]
     artifact = source_checkpoint(run_id, stage, prunes)

@@ -10,7 +10,8 @@ import mlflow
 
 from mlprunes.counting import count
 from mlprunes.stages import tracking
-from mlprunes.stages.common import DataConfig, RunConfig, config_key, spec_json
+from mlprunes.stages.common import (DataConfig, RunConfig, config_key, result_settings, say,
+                                    spec_json)
 from mlprunes.stages.scratch import PrunedSource, lineage_tags, scale_family, scratch_job
 from mlprunes.stages.train import run_training
 
@@ -18,8 +19,8 @@ from mlprunes.stages.train import run_training
 def family_key(source: PrunedSource, prunes: int, budgets: Sequence[int], budget: str,
                data: DataConfig, run: RunConfig) -> str:
     return config_key("family", {"prune_run_id": source.run_id, "prunes": prunes,
-                                 "budgets": list(budgets), "budget": budget, **vars(data),
-                                 "seed": run.seed, "precision": run.precision})
+                                 "budgets": list(budgets), "budget": budget,
+                                 **result_settings(data, run)})
 
 
 def run_family(source: PrunedSource, *, prunes: int, budgets: Sequence[int], budget: str,
@@ -50,7 +51,14 @@ def run_family(source: PrunedSource, *, prunes: int, budgets: Sequence[int], bud
                               tags={**lineage_tags(source), "mlprunes.family_run_id": family_id},
                               extra_params={"prune_run_id": source.run_id, "prunes": prunes,
                                             "params_budget": params_budget, "budget": budget})
-            child_id = run_training(job, parent_run_id=family_id)
+            # A member that finished in an earlier, interrupted family run is not retrained.
+            done = [r for r in tracking.runs_with_key(family_run.info.experiment_id, job.key)
+                    if r.info.status == "FINISHED"]
+            if done:
+                child_id = done[0].info.run_id
+                say(f"[family] budget {params_budget:,}: reusing finished run {child_id}")
+            else:
+                child_id = run_training(job, parent_run_id=family_id)
             counts = count(member, (size, size))
             rows.append({"params_budget": params_budget, "run_id": child_id,
                          "params": counts.params, "flops": counts.flops,

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import mlflow
-from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchSpec, make_spec
 from mlprunes.counting import count_params
 from mlprunes.engine.recipes import preset as recipe_preset
 from mlprunes.stages import tracking
-from mlprunes.stages.common import DataConfig, RunConfig, dataset_classes, say
+from mlprunes.stages.common import DataConfig, RunConfig, dataset_classes, load_splits, say
 from mlprunes.stages.compare import TAG_STUDY_RUNS, run_compare
 from mlprunes.engine.trainer import resolve_device
 from mlprunes.stages.evaluate import evaluate_key, run_evaluate
@@ -113,11 +112,7 @@ class Pipeline:
              resumable_artifact: Callable[[str], bool] | None = None) -> str:
         """Run a step once: reuse a finished run with this key, resume an interrupted one,
         or launch it (`launch(resume_run_id)`)."""
-        client = MlflowClient()
-        found = client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{tracking.TAG_CONFIG}` = '{key}'",
-            order_by=["attributes.start_time DESC"], max_results=50)
+        found = tracking.runs_with_key(self.experiment_id, key)
         finished = [r for r in found if r.info.status == "FINISHED"]
         if finished:
             run_id = finished[0].info.run_id
@@ -192,6 +187,7 @@ def run_pipeline(preset: str, *, run: RunConfig = RunConfig(),
                  experiment: str = tracking.DEFAULT_EXPERIMENT,
                  plan: StudyPlan | None = None) -> str:
     plan = plan or plan_for(preset)
+    load_splits(plan.data)  # missing data is one error before the pipeline run starts
     base_spec = make_spec(**plan.arch, num_classes=dataset_classes(plan.data))
     with tracking.stage_run("pipeline", experiment=experiment, run_name=f"pipeline-{preset}",
                             tags={tracking.TAG_PRESET: preset}) as parent:

@@ -26,8 +26,9 @@ from mlprunes.engine.trainer import Trainer, seed_everything
 from mlprunes.nets import build
 from mlprunes.pruning import Pruner, apply_history, compress, make_saliency, spec_after
 from mlprunes.stages import tracking
-from mlprunes.stages.common import (DataConfig, RunConfig, config_key, load_splits,
-                                    make_loaders, recipe_params, say, size_metrics, spec_json)
+from mlprunes.stages.common import (DataConfig, RunConfig, check_batches, config_key, load_splits,
+                                    make_loaders, recipe_params, result_settings, say,
+                                    size_metrics, spec_json)
 from mlprunes.stages.train import FINAL, arch_params, finish
 
 CHECKPOINT_RE = re.compile(r"checkpoints/prunes_(\d+)\.pt$")
@@ -63,7 +64,9 @@ class PruneJob:
 
     @property
     def key(self) -> str:
-        return config_key("prune", self.settings())
+        settings = {k: v for k, v in self.settings().items()
+                    if k not in ("data_dir", "download", "precision")}
+        return config_key("prune", {**settings, **result_settings(self.data, self.run)})
 
 
 def base_data_config(base_run) -> DataConfig:
@@ -79,6 +82,8 @@ def run_pruning(job: PruneJob, parent_run_id: str | None = None,
     if job.prunes < 0:
         raise tracking.StageError(f"--prunes must be >= 0, got {job.prunes}")
     tracking.get_run(job.base_run_id, stage="train")
+    if resume_run_id is not None:
+        tracking.check_resumable(resume_run_id, "prune", job.key)
     with tracking.scratch_dir("prune") as tmp:
         base = load_checkpoint(tracking.download_artifact(job.base_run_id, FINAL, tmp / "base"))
         spec = base["spec"]
@@ -88,6 +93,10 @@ def run_pruning(job: PruneJob, parent_run_id: str | None = None,
                 f"--prunes {job.prunes} is more than the {limit} channels that "
                 f"{spec.name} can lose" + (" with --keep-one" if job.keep_one else ""))
         splits = load_splits(job.data)
+        if splits.num_classes != spec.num_classes:
+            raise tracking.StageError(
+                f"{job.data.dataset} has {splits.num_classes} classes but the base network "
+                f"has {spec.num_classes}; prune on the data it was trained on")
         seed_everything(job.run.seed)
         model = build(spec, masked=True)
         missing = model.load_state_dict(base["model"], strict=False).missing_keys
@@ -95,6 +104,7 @@ def run_pruning(job: PruneJob, parent_run_id: str | None = None,
             raise tracking.StageError(f"base run {job.base_run_id}'s checkpoint does not fit "
                                       f"its own architecture")
         loaders = make_loaders(splits, job.recipe.batch_size, job.run)
+        check_batches(loaders)
         trainer = Trainer(model, job.recipe, loaders.train, precision=job.run.precision,
                           channels_last=job.run.channels_last, compile=job.run.compile,
                           progress=False, desc="prune")
@@ -140,7 +150,7 @@ def _loop(job: PruneJob, spec, image_size, trainer: Trainer, pruner: Pruner, loa
                 mlflow.log_metrics({k: v for k, v in point.items() if k != "prunes"}, step=p)
                 bar.set_postfix(val_err=f"{point['val_error']:.2f}%",
                                 params=f"{point['params']:,.0f}", refresh=False)
-            if p > 0 and (p % job.save_every == 0 or p == job.prunes):
+            if (p > 0 and p % job.save_every == 0) or p == job.prunes:
                 _save(p, trainer, pruner, curve, tmp)
         if p < job.prunes:
             pruner.prune()
@@ -152,8 +162,9 @@ def _loop(job: PruneJob, spec, image_size, trainer: Trainer, pruner: Pruner, loa
 def _validate(p, spec, pruner, trainer, loaders, image_size) -> dict[str, Any]:
     current = spec_after(spec, pruner.history)
     result = evaluate(trainer.model, loaders.eval, trainer.amp_dtype)
+    finetune_epochs = trainer.position.step * trainer.loader.batch_size / trainer.loader.num_samples
     return {"prunes": p, "val_error": result["error"], "val_loss": result["loss"],
-            **size_metrics(current, image_size)}
+            "finetune_epochs": finetune_epochs, **size_metrics(current, image_size)}
 
 
 def _save(p: int, trainer: Trainer, pruner: Pruner, curve, tmp: Path) -> None:
@@ -171,7 +182,8 @@ def _save(p: int, trainer: Trainer, pruner: Pruner, curve, tmp: Path) -> None:
 
 
 def write_curve(curve: list[dict[str, Any]], path: Path) -> None:
-    columns = ["prunes", "channels_left", "params", "flops", "val_error", "val_loss"]
+    columns = ["prunes", "channels_left", "params", "flops", "val_error", "val_loss",
+               "finetune_epochs"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -126,6 +126,26 @@ def get_run(run_id: str, *, stage: str | tuple[str, ...] | None = None,
     return run
 
 
+def runs_with_key(experiment_id: str, key: str) -> list[Run]:
+    """Runs tagged with this settings digest, newest first."""
+    return MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_CONFIG}` = '{key}'",
+        order_by=["attributes.start_time DESC"], max_results=50)
+
+
+def check_resumable(run_id: str, stage: str, key: str) -> None:
+    """Only an unfinished run of this stage, started with these same settings, is resumed."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        raise StageError("--resume-run-id cannot be used under `mlflow run`, which starts a "
+                         "run of its own; call `mlprunes` directly to resume")
+    run = get_run(run_id, stage=stage, finished=False)
+    if run.info.status == "FINISHED":
+        raise StageError(f"run {run_id} has already finished; there is nothing to resume")
+    if run.data.tags.get(TAG_CONFIG) != key:
+        raise StageError(f"run {run_id} was started with other settings; resume it with the "
+                         f"options it ran with (its params show them)")
+
+
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
     return [f.path for f in MlflowClient().list_artifacts(run_id, path)]
 

@@ -19,8 +19,9 @@ from mlprunes.engine.recipes import Recipe
 from mlprunes.engine.trainer import Trainer, fit, seed_everything
 from mlprunes.nets import build
 from mlprunes.stages import tracking
-from mlprunes.stages.common import (DataConfig, RunConfig, config_key, load_splits,
-                                    make_loaders, recipe_params, say, size_metrics, spec_json)
+from mlprunes.stages.common import (DataConfig, RunConfig, check_batches, config_key, load_splits,
+                                    make_loaders, recipe_params, result_settings, say,
+                                    size_metrics, spec_json)
 
 LAST = "checkpoints/last.pt"
 FINAL = "checkpoints/final.pt"
@@ -43,20 +44,29 @@ class TrainJob:
     log_model: bool = True
 
     def settings(self) -> dict[str, Any]:
-        """Everything that determines the result (not how fast it is computed)."""
+        """The options this job runs with, as logged."""
         return {"arch_spec": self.spec.to_dict(), **recipe_params(self.recipe),
                 **vars(self.data), "seed": self.run.seed, "precision": self.run.precision,
                 "preset": self.preset, **self.extra_params}
 
     @property
     def key(self) -> str:
-        return config_key(self.stage, self.settings())
+        """A digest of what determines the result (not where data lives, nor speed)."""
+        return config_key(self.stage, {"arch_spec": self.spec.to_dict(),
+                                       **recipe_params(self.recipe),
+                                       **result_settings(self.data, self.run),
+                                       "preset": self.preset, **self.extra_params})
 
 
 def run_training(job: TrainJob, parent_run_id: str | None = None,
                  resume_run_id: str | None = None) -> str:
     """Train `job.spec` in one MLflow run; return the run ID. With `resume_run_id`, reopen that
     interrupted run and continue from its last checkpoint."""
+    if job.checkpoint_every < 1:
+        raise tracking.StageError(f"--checkpoint-every must be at least 1, got "
+                                  f"{job.checkpoint_every}")
+    if resume_run_id is not None:
+        tracking.check_resumable(resume_run_id, job.stage, job.key)
     splits = load_splits(job.data)  # bad data is an error before any run exists
     if job.spec.num_classes != splits.num_classes:
         raise tracking.StageError(
@@ -65,6 +75,7 @@ def run_training(job: TrainJob, parent_run_id: str | None = None,
     seed_everything(job.run.seed)
     model = build(job.spec)
     loaders = make_loaders(splits, job.recipe.batch_size, job.run)
+    check_batches(loaders)
     trainer = Trainer(model, job.recipe, loaders.train, precision=job.run.precision,
                       channels_last=job.run.channels_last, compile=job.run.compile,
                       progress=job.run.progress, desc=job.stage)

@@ -1,0 +1,101 @@
+"""The study's runs as plain records, grouped the way a paper would name them.
+
+Built by the compare stage from MLflow runs; nothing here imports MLflow, so the grouping, the
+plots and the report are testable on records made by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlprunes.arch import ArchSpec
+
+CRITERION_NAMES = {"fisher": "Fisher", "l1": "L1", "random": "Random"}
+
+
+@dataclass
+class CurvePoint:
+    prunes: int
+    params: float
+    flops: float
+    error: float
+    epochs: float          # training spent so far: base epochs + fine-tuning epochs
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    name: str
+    stage: str
+    criterion: str = ""
+    budget: str = ""
+    spec: ArchSpec | None = None
+    params: float | None = None
+    flops: float | None = None
+    test_error: float | None = None
+    epochs: float | None = None           # training cost of this network, in epochs
+    latency_ms: float | None = None       # evaluate runs: compressed network at batch 1
+    latency_masked_ms: float | None = None
+    base_run_id: str = ""
+    prune_run_id: str = ""
+    source_run_id: str = ""
+    parent_run_id: str = ""
+    curve: list[CurvePoint] = field(default_factory=list)
+    group: str = ""
+
+    @property
+    def lineage(self) -> str:
+        parts = [f"{label} {rid[:8]}" for label, rid in (
+            ("base", self.base_run_id), ("pruned by", self.prune_run_id),
+            ("of", self.source_run_id)) if rid]
+        return ", ".join(parts)
+
+
+def criterion_name(criterion: str) -> str:
+    return CRITERION_NAMES.get(criterion, criterion.capitalize() if criterion else "Pruned")
+
+
+def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
+    """Name each run's group: `Fisher prune + fine-tune`, `Fisher arch. from scratch`,
+    `Reduced width`, ... Train runs are named against the base networks, i.e. the networks
+    that some prune run started from."""
+    by_id = {r.run_id: r for r in records}
+    base_ids = {r.base_run_id for r in records if r.stage == "prune" and r.base_run_id}
+    bases = [by_id[b].spec for b in base_ids if b in by_id and by_id[b].spec is not None]
+    for r in records:
+        crit = criterion_name(r.criterion)
+        if r.stage == "prune":
+            r.group = f"{crit} prune + fine-tune"
+        elif r.stage == "scratch":
+            r.group = f"{crit} arch. from scratch" + (" (Scratch-B)" if r.budget == "scratch-b"
+                                                      else "")
+        elif r.stage == "family-member":
+            r.group = f"{crit} family, scaled from one prune"
+        elif r.stage == "train":
+            r.group = _train_group(r, base_ids, bases)
+        elif r.stage == "evaluate":
+            r.group = "Latency"
+    return records
+
+
+def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str:
+    if r.run_id in base_ids:
+        return "Full network (pruning base)"
+    spec = r.spec
+    if spec is None:
+        return "Trained from scratch"
+    if spec.mids != spec.full_mids():
+        return "Bottleneck"
+    same_family = [b for b in bases if b.family == spec.family]
+    if not same_family:
+        return "Trained from scratch"
+    base = same_family[0]
+    size = (lambda s: s.width) if spec.family == "wrn" else (lambda s: s.growth)
+    depth_differs, size_differs = spec.depth != base.depth, size(spec) != size(base)
+    if depth_differs and not size_differs:
+        return "Reduced depth"
+    if size_differs and not depth_differs:
+        return "Reduced width" if spec.family == "wrn" else "Reduced growth"
+    if not depth_differs and not size_differs:
+        return "Full network"
+    return "Reduced depth and width"

@@ -1,0 +1,75 @@
+"""One row per run: the table behind the plots, as CSV and as HTML."""
+
+from __future__ import annotations
+
+import csv
+import html
+from pathlib import Path
+from typing import Any
+
+from mlprunes.report.records import RunRecord
+
+COLUMNS = ["run_id", "run_name", "group", "stage", "criterion", "arch", "params", "flops",
+           "test_error", "training_epochs", "latency_ms", "latency_masked_ms", "base_run_id",
+           "prune_run_id", "source_run_id", "parent_run_id"]
+
+
+def rows(records: list[RunRecord]) -> list[dict[str, Any]]:
+    order = {"train": 0, "prune": 1, "scratch": 2, "family-member": 3, "evaluate": 4}
+    out = []
+    for r in sorted(records, key=lambda r: (order.get(r.stage, 9), r.group, r.params or 0)):
+        out.append({
+            "run_id": r.run_id, "run_name": r.name, "group": r.group, "stage": r.stage,
+            "criterion": r.criterion,
+            "arch": r.spec.name if r.spec is not None else "",
+            "params": r.params, "flops": r.flops, "test_error": r.test_error,
+            "training_epochs": r.epochs, "latency_ms": r.latency_ms,
+            "latency_masked_ms": r.latency_masked_ms, "base_run_id": r.base_run_id,
+            "prune_run_id": r.prune_run_id, "source_run_id": r.source_run_id,
+            "parent_run_id": r.parent_run_id,
+        })
+    return out
+
+
+def write_csv(table: list[dict[str, Any]], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in table:
+            writer.writerow({k: "" if row.get(k) is None else _plain(row[k]) for k in COLUMNS})
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if key in ("params", "flops"):
+        return f"{value:,.0f}"
+    if key in ("test_error",):
+        return f"{value:.2f}"
+    if key in ("training_epochs", "latency_ms", "latency_masked_ms"):
+        return f"{value:.3g}"
+    if key.endswith("run_id"):
+        return f'<code title="{html.escape(str(value))}">{html.escape(str(value)[:8])}</code>'
+    return html.escape(str(value))
+
+
+HTML_COLUMNS = [("run_name", "Run"), ("group", "Group"), ("stage", "Stage"), ("arch", "Arch."),
+                ("params", "Params"), ("flops", "FLOPs"), ("test_error", "Test error %"),
+                ("training_epochs", "Training (epochs)"), ("latency_ms", "Latency b1 (ms)"),
+                ("run_id", "Run ID"), ("base_run_id", "Base run"),
+                ("prune_run_id", "Prune run"), ("source_run_id", "Source run")]
+
+
+def html_table(table: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in HTML_COLUMNS)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{_cell(k, row.get(k))}</td>" for k, _ in HTML_COLUMNS) + "</tr>"
+        for row in table)
+    return f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
