@@ -1,6 +1,7 @@
 """The MLproject entry points through `mlflow run`, and the stages against a real
 `mlflow server` on 127.0.0.1 with proxied artifacts."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -60,18 +61,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def start_server(folder: Path, backend: str | None = None, cwd: Path | None = None):
+    """`mlflow server` on a free loopback port, stopped (with its workers) on exit."""
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = env_with_venv(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
-    artifacts = tmp_path / "server-artifacts"
-    log = open(tmp_path / "server.log", "w")
+    backend = backend or f"sqlite:///{folder}/server.db"
+    log = open(folder / "server.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(artifacts)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--workers", "1", "--backend-store-uri", backend,
+         "--artifacts-destination", str(folder / "artifacts")],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=str(cwd or folder))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -84,15 +88,9 @@ def server(tmp_path, monkeypatch):
                 pass
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"mlflow server did not start: "
-                                   f"{(tmp_path / 'server.log').read_text()[-2000:]}")
+                                   f"{(folder / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        work = tmp_path / "client"
-        work.mkdir()
-        monkeypatch.chdir(work)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(url)
-        yield url, artifacts, work
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -100,6 +98,18 @@ def server(tmp_path, monkeypatch):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    with start_server(tmp_path / "server") as url:
+        work = tmp_path / "client"
+        work.mkdir()
+        monkeypatch.chdir(work)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(url)
+        yield url, tmp_path / "server" / "artifacts", work
 
 
 def test_stages_against_a_real_tracking_server(server):

@@ -1,0 +1,81 @@
+"""The study as a person sees it: `mlflow server` on 127.0.0.1, the compare run's page, a prune
+run's metric charts and the HTML report, in headless Chromium (Debian's `chromium`, driven by
+Playwright). Screenshots go to $MLPRUNES_SCREENSHOT_DIR (default: the test's tmp folder)."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.stage_helpers import cli
+from tests.test_mlflow_integration import start_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():  # .ci/run installs it; say so where it is missing
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)",
+                allow_module_level=True)
+
+
+def close_assistant(page) -> None:
+    """MLflow 3.17 opens an assistant side panel on first load; it hides part of the page."""
+    close = page.locator('button[data-component-id="mlflow.assistant.chat_panel.close"]')
+    if close.count():
+        close.first.click()
+
+
+def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
+    pipeline_id = cli("pipeline", "--preset", "tiny", "--no-progress").run_id
+    client = MlflowClient()
+    pipeline = client.get_run(pipeline_id)
+    exp = pipeline.info.experiment_id
+    compare_id = pipeline.data.tags["mlprunes.compare_run_id"]
+    prune_id = next(r.info.run_id for r in client.search_runs([exp])
+                    if r.data.tags.get("mlprunes.stage") == "prune")
+    shots = Path(os.environ.get("MLPRUNES_SCREENSHOT_DIR", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+
+    # The UI reads the same store and the same local artifacts a user's `mlflow ui` would.
+    with start_server(tmp_path / "ui", backend=store, cwd=Path.cwd()) as url:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            base = f"{url}/#/experiments/{exp}"
+
+            page.goto(f"{base}/runs?workflowType=machine_learning")
+            page.get_by_text("pipeline-tiny").first.wait_for(timeout=60_000)
+            close_assistant(page)
+            # The stages are the pipeline run's children: expand it.
+            page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]').first.click()
+            for name in ("prune-fisher-wrn-10-1", "train-base-wrn-10-1", "compare-tiny",
+                         "scratch-fisher-wrn-10-1-p12", "family-fisher-wrn-10-1-p12"):
+                page.get_by_text(name).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "runs.png"))
+
+            page.goto(f"{base}/runs/{prune_id}/model-metrics?workflowType=machine_learning")
+            for metric in ("params", "channels_left", "flops"):
+                page.get_by_text(metric, exact=True).first.wait_for(timeout=60_000)
+            # Charts below the fold render lazily: filter to the pruning curve's own charts.
+            page.get_by_placeholder("Search metric charts").fill("val_")
+            for metric in ("val_error", "val_loss"):
+                page.get_by_text(metric, exact=True).first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)  # let the charts draw
+            page.screenshot(path=str(shots / "prune_metrics.png"))
+
+            page.goto(f"{base}/runs/{compare_id}/artifacts/report.html"
+                      "?workflowType=machine_learning")
+            report = page.frame_locator("iframe").first
+            report.get_by_text("Best network of each group").wait_for(timeout=60_000)
+            report.get_by_text("Fisher prune + fine-tune").first.wait_for(timeout=10_000)
+            assert report.locator("img").count() == 4
+            assert report.locator("table#runs tbody tr").count() >= 9
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots / "report.png"))
+            browser.close()
+    for name in ("runs.png", "prune_metrics.png", "report.png"):
+        assert (shots / name).stat().st_size > 10_000

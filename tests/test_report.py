@@ -1,0 +1,140 @@
+"""compare on a small real study: the table matches the runs, every group is plotted."""
+
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlprunes.report.pareto import pareto_front
+from mlprunes.report.plots import latency_series, series_for
+from mlprunes.report.records import RunRecord, assign_groups
+from mlprunes.stages.compare import build_records, gather_runs
+from tests.stage_helpers import TINY_DATA, cli, read_artifact_text, read_csv
+
+TRAIN = ["train", "--arch", "wrn", "--epochs", "1", "--batch-size", "64", "--no-progress",
+         "--no-log-model", *TINY_DATA]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Base WRN-16-1, Fisher and L1 pruning, scratch and family runs, reduced depth, width and
+    bottleneck baselines, two evaluations, then compare: a whole (tiny) study."""
+    mp = pytest.MonkeyPatch()
+    work = tmp_path_factory.mktemp("study")
+    mp.chdir(work)
+    uri = f"sqlite:///{work}/mlflow.db"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    ids = {"base": cli(*TRAIN, "--depth", "16", "--width", "1").run_id}
+    for crit in ("fisher", "l1"):
+        ids[crit] = cli("prune", "--base-run-id", ids["base"], "--criterion", crit, "--prunes",
+                        "30", "--prune-every", "1", "--save-every", "15", "--val-every", "10",
+                        "--no-progress", "--no-log-model").run_id
+    ids["scratch"] = cli("scratch", "--prune-run-id", ids["fisher"], "--prunes", "30",
+                         "--no-progress", "--no-log-model").run_id
+    ids["family"] = cli("family", "--prune-run-id", ids["fisher"], "--prunes", "30",
+                        "--budgets", "60000,120000", "--no-progress", "--no-log-model").run_id
+    ids["depth"] = cli(*TRAIN, "--depth", "10", "--width", "1").run_id
+    ids["width"] = cli(*TRAIN, "--depth", "16", "--width", "0.5").run_id
+    ids["bottle"] = cli(*TRAIN, "--depth", "16", "--width", "1", "--bottle", "0.5").run_id
+    for key in ("fisher", "width"):
+        ids[f"eval-{key}"] = cli("evaluate", "--run-id", ids[key], "--repeats", "2",
+                                 "--no-progress").run_id
+    ids["compare"] = cli("compare").run_id
+    yield ids, work
+    mp.undo()
+
+
+GROUPS = {"Full network (pruning base)", "Fisher prune + fine-tune", "L1 prune + fine-tune",
+          "Fisher arch. from scratch", "Fisher family, scaled from one prune", "Reduced depth",
+          "Reduced width", "Bottleneck"}
+
+
+def test_table_matches_the_logged_runs(study, tmp_path):
+    ids, _ = study
+    client = MlflowClient()
+    table = read_csv(read_artifact_text(ids["compare"], "runs.csv", tmp_path))
+    by_id = {row["run_id"]: row for row in table}
+    members = client.search_runs([client.get_run(ids["family"]).info.experiment_id],
+                                 f"tags.`mlflow.parentRunId` = '{ids['family']}'")
+    expected = {v for k, v in ids.items() if k not in ("family", "compare")}
+    expected |= {m.info.run_id for m in members}
+    assert set(by_id) == expected
+    for run_id, row in by_id.items():
+        run = client.get_run(run_id)
+        metrics, params = run.data.metrics, run.data.params
+        assert row["stage"] == run.data.tags["mlprunes.stage"]
+        assert float(row["params"]) == metrics["params"]
+        assert float(row["flops"]) == metrics["flops"]
+        assert float(row["test_error"]) == pytest.approx(metrics["test_error"])
+        if row["stage"] in ("train", "scratch", "family-member"):
+            assert float(row["training_epochs"]) == float(params["epochs"])
+        if row["stage"] == "evaluate":
+            assert float(row["latency_ms"]) == pytest.approx(metrics["latency_compressed_b1_ms"])
+            assert row["source_run_id"] == params["run_id"]
+    assert by_id[ids["scratch"]]["prune_run_id"] == ids["fisher"]
+    assert by_id[ids["fisher"]]["base_run_id"] == ids["base"]
+    assert {row["group"] for row in table} >= GROUPS
+
+
+def test_every_group_appears_in_the_plot_data(study):
+    ids, _ = study
+    records = build_records(gather_runs("mlprunes"))
+    for axis in ("params", "flops", "epochs"):
+        series = series_for(records, axis)
+        assert {s.group for s in series} == GROUPS, axis
+        curves = [s for s in series if s.kind == "curve"]
+        assert {s.run_ids[0] for s in curves} == {ids["fisher"], ids["l1"]}
+        # A pruning curve has one point per validation: prunes 0, 10, 20, 30.
+        assert all(len(s.points) == 4 for s in curves)
+    fisher = next(s for s in series_for(records, "params") if s.run_ids == [ids["fisher"]])
+    params = [x for x, _ in sorted(fisher.points, reverse=True)]
+    assert params == sorted(params, reverse=True) and params[0] > params[-1]
+    epochs = next(s for s in series_for(records, "epochs") if s.run_ids == [ids["fisher"]])
+    assert min(x for x, _ in epochs.points) >= 1.0  # starts at the base run's epoch
+    latency = latency_series(records)
+    assert {s.group for s in latency} == {"Fisher prune + fine-tune", "Reduced width"}
+
+
+def test_report_is_self_contained_and_lists_every_run(study, tmp_path):
+    ids, _ = study
+    client = MlflowClient()
+    artifacts = {f.path for f in client.list_artifacts(ids["compare"])}
+    assert {"report.html", "runs.csv", "plots"} <= artifacts
+    plots = {f.path for f in client.list_artifacts(ids["compare"], "plots")}
+    for stem in ("error_vs_params", "error_vs_flops", "error_vs_training_cost",
+                 "latency_vs_error"):
+        assert {f"plots/{stem}.png", f"plots/{stem}.svg"} <= plots
+    html = read_artifact_text(ids["compare"], "report.html", tmp_path)
+    assert len(re.findall(r'<img alt="[a-z]+ plot" src="data:image/png;base64,', html)) == 4
+    assert "http://" not in html and "https://" not in html  # nothing needs the network
+    table = read_csv(read_artifact_text(ids["compare"], "runs.csv", tmp_path / "t"))
+    for row in table:
+        assert row["run_id"] in html
+    for group in GROUPS:
+        assert group in html
+
+
+def test_groups_and_pareto_front_on_records_made_by_hand():
+    from mlprunes import arch
+
+    base = RunRecord("b", "base", "train", spec=arch.wrn(16, 2))
+    records = assign_groups([
+        base,
+        RunRecord("p", "p", "prune", criterion="l1", base_run_id="b"),
+        RunRecord("s", "s", "scratch", criterion="fisher", budget="scratch-b"),
+        RunRecord("d", "d", "train", spec=arch.wrn(10, 2)),
+        RunRecord("w", "w", "train", spec=arch.wrn(16, 1)),
+        RunRecord("dw", "dw", "train", spec=arch.wrn(10, 1)),
+        RunRecord("z", "z", "train", spec=arch.wrn(16, 2, bottle=0.5)),
+        RunRecord("g", "g", "train", spec=arch.densenet(16, 8)),
+    ])
+    assert [r.group for r in records] == [
+        "Full network (pruning base)", "L1 prune + fine-tune",
+        "Fisher arch. from scratch (Scratch-B)", "Reduced depth", "Reduced width",
+        "Reduced depth and width", "Bottleneck", "Trained from scratch"]
+    assert pareto_front([(3, 5), (1, 9), (2, 7), (2, 4), (4, 4), (5, 1)]) == [
+        (1, 9), (2, 4), (5, 1)]
