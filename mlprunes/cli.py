@@ -238,8 +238,6 @@ def train(family, depth, width, growth, bottle, num_classes, dataset, data_dir, 
                    run_name=run_name or f"train-{spec.name}"
                    + (f"-bottle{bottle:g}" if bottle is not None else ""),
                    checkpoint_every=checkpoint_every, log_model=log_model)
-    if resume_run_id is not None:
-        tracking_get_run(resume_run_id, "train")
     finish_command(run_training(job, resume_run_id=resume_run_id))
 
 
@@ -287,15 +285,7 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
                                  channels_last=channels_last, compile=compile_, seed=seed,
                                  progress=progress),
                    experiment=experiment, run_name=run_name, log_model=log_model)
-    if resume_run_id is not None:
-        tracking_get_run(resume_run_id, "prune")
     finish_command(run_pruning(job, resume_run_id=resume_run_id))
-
-
-def tracking_get_run(run_id: str, stage: str):
-    from mlprunes.stages.tracking import get_run
-
-    return get_run(run_id, stage=stage, finished=False)
 
 
 def run_config(device, precision, channels_last, compile_, seed, progress) -> RunConfig:
@@ -328,8 +318,6 @@ def scratch(prune_run_id, prunes, params_budget, budget, device, precision, chan
     if params_budget is not None:
         prunes = source.prunes_for_budget(params_budget)
     source.spec_at(prunes)  # refuses a count beyond the history before any run starts
-    if resume_run_id is not None:
-        tracking_get_run(resume_run_id, "scratch")
     finish_command(run_scratch(
         source, prunes=prunes, budget=budget, data=source_data(source),
         run=run_config(device, precision, channels_last, compile_, seed, progress),

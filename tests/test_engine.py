@@ -1,4 +1,3 @@
-import pickle
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from mlprunes.engine.checkpoint import (CheckpointError, load_checkpoint, make_c
                                         model_from_checkpoint, save_checkpoint)
 from mlprunes.engine.evaluate import evaluate
 from mlprunes.engine.latency import measure_latency
-from mlprunes.engine.recipes import PRESETS, Recipe, preset
+from mlprunes.engine.recipes import PRESETS, preset
 from mlprunes.engine.trainer import Trainer, fit, seed_everything
 from mlprunes.nets import build
 from mlprunes.pruning import apply_history

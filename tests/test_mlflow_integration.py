@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchSpec
-from tests.stage_helpers import TINY_DATA, TINY_TRAIN, cli
+from tests.stage_helpers import TINY_TRAIN, cli
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from mlprunes.pruning import pruner as pruner_module

@@ -176,3 +176,20 @@ def test_unreachable_tracking_server_is_one_clear_error(store, monkeypatch):
     assert result.exit_code != 0
     assert result.error_lines == [f"Error: cannot reach the MLflow tracking store at "
                                   f"http://127.0.0.1:{port}: Connection refused"]
+
+
+def test_the_logged_model_loads_and_matches_the_final_checkpoint(store, tmp_path):
+    import torch
+
+    from mlprunes.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    args = [a for a in TINY_TRAIN if a != "--no-log-model"]
+    run_id = cli(*args).run_id
+    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    path = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                               artifact_path="checkpoints/final.pt",
+                                               dst_path=str(tmp_path))
+    model = model_from_checkpoint(load_checkpoint(path)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(logged(x), model(x))

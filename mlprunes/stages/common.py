@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from mlprunes.arch import ArchSpec
@@ -118,11 +118,6 @@ def size_metrics(spec: ArchSpec, image_size: tuple[int, int]) -> dict[str, float
     counts = count(spec, image_size)
     return {"params": counts.params, "flops": counts.flops,
             "channels_left": spec.prunable_channels}
-
-
-def flatten(prefix: str, obj: Any) -> dict[str, Any]:
-    data = asdict(obj)
-    return {f"{prefix}{k}": v for k, v in data.items()}
 
 
 def say(message: str) -> None:
