@@ -153,8 +153,8 @@ def run_options(command):
         click.option("--compile", "compile_", type=click.BOOL, is_flag=False, flag_value=True,
                      default=False, help="torch.compile the model."),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--progress/--no-progress", default=True, show_default=True,
-                     help="Progress bars on stderr."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Progress bars on stderr [default: when stderr is a terminal]."),
         click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True,
                      help="MLflow experiment (ignored under `mlflow run`, which sets it)."),
         click.option("--run-name", default=None, help="MLflow run name [default: derived]."),
@@ -233,7 +233,7 @@ def train(family, depth, width, growth, bottle, num_classes, dataset, data_dir, 
     job = TrainJob(spec=spec, recipe=recipe, data=data, preset=preset_name,
                    run=RunConfig(device=device, precision=precision,
                                  channels_last=channels_last, compile=compile_, seed=seed,
-                                 progress=progress),
+                                 progress=show_progress(progress)),
                    experiment=experiment,
                    run_name=run_name or f"train-{spec.name}"
                    + (f"-bottle{bottle:g}" if bottle is not None else ""),
@@ -283,14 +283,21 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
                    val_every=val_every, keep_one=keep_one, preset=preset_name,
                    run=RunConfig(device=device, precision=precision,
                                  channels_last=channels_last, compile=compile_, seed=seed,
-                                 progress=progress),
+                                 progress=show_progress(progress)),
                    experiment=experiment, run_name=run_name, log_model=log_model)
     finish_command(run_pruning(job, resume_run_id=resume_run_id))
 
 
 def run_config(device, precision, channels_last, compile_, seed, progress) -> RunConfig:
     return RunConfig(device=device, precision=precision, channels_last=channels_last,
-                     compile=compile_, seed=seed, progress=progress)
+                     compile=compile_, seed=seed, progress=show_progress(progress))
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Bars redraw with carriage returns: right in a terminal, clutter in a saved log."""
+    import sys
+
+    return sys.stderr.isatty() if progress is None else progress
 
 
 @main.command()

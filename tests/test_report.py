@@ -131,10 +131,12 @@ def test_groups_and_pareto_front_on_records_made_by_hand():
         RunRecord("dw", "dw", "train", spec=arch.wrn(10, 1)),
         RunRecord("z", "z", "train", spec=arch.wrn(16, 2, bottle=0.5)),
         RunRecord("g", "g", "train", spec=arch.densenet(16, 8)),
+        RunRecord("e", "e", "evaluate", source_run_id="w"),
     ])
     assert [r.group for r in records] == [
         "Full network (pruning base)", "L1 prune + fine-tune",
         "Fisher arch. from scratch (Scratch-B)", "Reduced depth", "Reduced width",
-        "Reduced depth and width", "Bottleneck", "Trained from scratch"]
+        "Reduced depth and width", "Bottleneck", "Trained from scratch",
+        "Evaluated: Reduced width"]
     assert pareto_front([(3, 5), (1, 9), (2, 7), (2, 4), (4, 4), (5, 1)]) == [
         (1, 9), (2, 4), (5, 1)]

@@ -73,8 +73,10 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
             r.group = f"{crit} family, scaled from one prune"
         elif r.stage == "train":
             r.group = _train_group(r, base_ids, bases)
-        elif r.stage == "evaluate":
-            r.group = "Latency"
+    for r in records:  # evaluations are named after what they measured
+        if r.stage == "evaluate":
+            source = by_id.get(r.source_run_id)
+            r.group = f"Evaluated: {source.group}" if source is not None else "Evaluated"
     return records
 
 

@@ -53,7 +53,9 @@ class StudyPlan:
 
 PLANS: dict[str, StudyPlan] = {
     "demo": StudyPlan(
-        data=DataConfig(dataset="shapes", image_size=16, shapes_train=4000, shapes_test=1000),
+        # Pruning decisions and curves use a held-out tenth of the training set, not the test set.
+        data=DataConfig(dataset="shapes", image_size=16, shapes_train=4000, shapes_test=1000,
+                        val_split=0.1),
         arch={"family": "wrn", "depth": 16, "width": 1},
         epochs=25, batch_size=64, prunes=150, prune_every=4, save_every=50, val_every=10,
         prune_batch_size=64, scratch_prunes=(75, 150),
