@@ -140,3 +140,32 @@ def test_groups_and_pareto_front_on_records_made_by_hand():
         "Evaluated: Reduced width"]
     assert pareto_front([(3, 5), (1, 9), (2, 7), (2, 4), (4, 4), (5, 1)]) == [
         (1, 9), (2, 4), (5, 1)]
+
+
+def test_train_runs_are_named_against_the_smallest_base_they_reduce():
+    from mlprunes import arch
+
+    records = assign_groups([
+        RunRecord("b1", "b1", "train", spec=arch.wrn(16, 1)),
+        RunRecord("b2", "b2", "train", spec=arch.wrn(40, 2)),
+        RunRecord("p1", "p1", "prune", base_run_id="b1"),
+        RunRecord("p2", "p2", "prune", base_run_id="b2"),
+        RunRecord("w", "w", "train", spec=arch.wrn(40, 1)),     # only WRN-40-2 is larger
+        RunRecord("d", "d", "train", spec=arch.wrn(10, 1)),     # WRN-16-1 is the nearer base
+        RunRecord("big", "big", "train", spec=arch.wrn(40, 4)),  # larger than every base
+        RunRecord("c", "c", "train", spec=arch.wrn(16, 1, num_classes=100)),
+    ])
+    assert {r.run_id: r.group for r in records if r.stage == "train"} == {
+        "b1": "Full network (pruning base)", "b2": "Full network (pruning base)",
+        "w": "Reduced width", "d": "Reduced depth", "big": "Trained from scratch",
+        "c": "Trained from scratch"}
+
+
+def test_compare_expands_a_family_run_given_by_id(study, tmp_path):
+    ids, _ = study
+    client = MlflowClient()
+    compare_id = cli("compare", "--run-ids", f"{ids['family']},{ids['base']}").run_id
+    table = read_csv(read_artifact_text(compare_id, "runs.csv", tmp_path))
+    members = client.search_runs([client.get_run(ids["family"]).info.experiment_id],
+                                 f"tags.`mlflow.parentRunId` = '{ids['family']}'")
+    assert {r["run_id"] for r in table} == {ids["base"]} | {m.info.run_id for m in members}

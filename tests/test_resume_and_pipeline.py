@@ -109,3 +109,26 @@ def test_the_pipeline_resumes_an_interrupted_prune(store, monkeypatch, tmp_path)
     history = json.loads(read_artifact_text(prunes[0].info.run_id, "prune_history.json",
                                             tmp_path / "h"))
     assert len(history) == 12
+
+
+def test_the_pipeline_resumes_under_mlflow_run(store, monkeypatch, tmp_path):
+    """`mlflow run -e main` sets MLFLOW_RUN_ID for the pipeline's own run; resuming a child
+    inside it is still allowed."""
+    client = MlflowClient()
+    exp = client.create_experiment("study")
+
+    def as_mlflow_run():
+        run = client.create_run(exp)
+        monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
+        return run.info.run_id
+
+    with monkeypatch.context() as m:
+        crash_at(m, 8)
+        as_mlflow_run()
+        assert cli("pipeline", "--preset", "tiny", "--no-progress").exit_code != 0
+    parent = as_mlflow_run()
+    assert cli("pipeline", "--preset", "tiny", "--no-progress").run_id == parent
+    steps = {s["step"]: s["how"] for s in
+             read_csv(read_artifact_text(parent, "pipeline_runs.csv", tmp_path))}
+    assert steps["prune-fisher"] == "resumed"

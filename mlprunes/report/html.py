@@ -27,7 +27,8 @@ ul.best li { margin: 2px 0; }
 
 CAPTIONS = {
     "params": "Pruning curves are the validation error measured while pruning; points are "
-              "networks trained to the end (test error). The dashed line is the Pareto front.",
+              "networks trained to the end (test error). The dashed line is the Pareto front of "
+              "those networks.",
     "flops": "Multiply-accumulates of convolutions and linear layers per image.",
     "epochs": "Training spent on each network: a pruning curve starts at its base network's "
               "epochs and adds its fine-tuning.",

@@ -111,7 +111,8 @@ def draw(series: list[Series], axis: str, title: str, out_dir: Path,
         else:
             ax.scatter(xs, ys, color=colour, marker=marker, s=60, edgecolors="white",
                        linewidths=0.6, zorder=3, label=label)
-    front = pareto_front(p for s in series for p in s.points)
+    # Over networks trained to the end (test error) only: curve points are validation error.
+    front = pareto_front(p for s in series if s.kind == "points" for p in s.points)
     if len(front) > 1:
         fx, fy = zip(*front)
         ax.step(fx, fy, where="post", color="black", linestyle="--", linewidth=1, alpha=0.6,

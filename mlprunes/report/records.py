@@ -61,7 +61,8 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
     that some prune run started from."""
     by_id = {r.run_id: r for r in records}
     base_ids = {r.base_run_id for r in records if r.stage == "prune" and r.base_run_id}
-    bases = [by_id[b].spec for b in base_ids if b in by_id and by_id[b].spec is not None]
+    bases = sorted({by_id[b].spec for b in base_ids if b in by_id and by_id[b].spec is not None},
+                   key=lambda s: (s.family, s.depth, _size(s)))
     for r in records:
         crit = criterion_name(r.criterion)
         if r.stage == "prune":
@@ -80,7 +81,12 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
     return records
 
 
+def _size(spec: ArchSpec) -> float:
+    return spec.width if spec.family == "wrn" else spec.growth
+
+
 def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str:
+    """Name a train run against the smallest base network it is a reduction of."""
     if r.run_id in base_ids:
         return "Full network (pruning base)"
     spec = r.spec
@@ -88,16 +94,17 @@ def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str
         return "Trained from scratch"
     if spec.mids != spec.full_mids():
         return "Bottleneck"
-    same_family = [b for b in bases if b.family == spec.family]
-    if not same_family:
+    candidates = [b for b in bases if b.family == spec.family
+                  and b.num_classes == spec.num_classes
+                  and spec.depth <= b.depth and _size(spec) <= _size(b)]
+    if not candidates:  # larger than every base, or of another kind: no reduction to name
         return "Trained from scratch"
-    base = same_family[0]
-    size = (lambda s: s.width) if spec.family == "wrn" else (lambda s: s.growth)
-    depth_differs, size_differs = spec.depth != base.depth, size(spec) != size(base)
-    if depth_differs and not size_differs:
+    base = candidates[0]
+    depth_differs, size_differs = spec.depth != base.depth, _size(spec) != _size(base)
+    if depth_differs and size_differs:
+        return "Reduced depth and width"
+    if depth_differs:
         return "Reduced depth"
-    if size_differs and not depth_differs:
+    if size_differs:
         return "Reduced width" if spec.family == "wrn" else "Reduced growth"
-    if not depth_differs and not size_differs:
-        return "Full network"
-    return "Reduced depth and width"
+    return "Full network"

@@ -26,19 +26,14 @@ def gather_runs(experiment: str | None = None, run_ids: Sequence[str] = (),
     experiment's."""
     client = MlflowClient()
     if run_ids:
-        return [tracking.get_run(r, stage=STUDY_STAGES) for r in run_ids]
+        runs = [tracking.get_run(r, stage=(*STUDY_STAGES, "family")) for r in run_ids]
+        return _study_runs(_with_family_members(runs))
     if parent_run_id is not None:
         parent = tracking.get_run(parent_run_id, stage="pipeline", finished=False)
         listed = [r for r in parent.data.tags.get(TAG_STUDY_RUNS, "").split(",") if r]
         if not listed:
             raise tracking.StageError(f"pipeline run {parent_run_id} lists no study runs yet")
-        runs = [client.get_run(r) for r in listed]
-        # A family run stands for its members, which are its own children.
-        for family in [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == "family"]:
-            members = family.data.tags.get("mlprunes.member_run_ids", "")
-            runs.extend(client.get_run(m) for m in members.split(",") if m)
-        return [r for r in runs if r.info.status == "FINISHED"
-                and r.data.tags.get(tracking.TAG_STAGE) in STUDY_STAGES]
+        return _study_runs(_with_family_members(_existing(listed)))
     exp = client.get_experiment_by_name(experiment or tracking.DEFAULT_EXPERIMENT)
     if exp is None:
         raise tracking.StageError(f"no experiment named {experiment!r} in the tracking store at "
@@ -46,6 +41,35 @@ def gather_runs(experiment: str | None = None, run_ids: Sequence[str] = (),
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
                               max_results=5000)
     return [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) in STUDY_STAGES]
+
+
+def _existing(run_ids: Sequence[str]) -> list[Run]:
+    """The runs that still exist and are not deleted (a study may outlive some of its runs)."""
+    client = MlflowClient()
+    runs = []
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id)
+        except Exception:  # purged from the store
+            continue
+        if run.info.lifecycle_stage != "deleted":
+            runs.append(run)
+    return runs
+
+
+def _with_family_members(runs: list[Run]) -> list[Run]:
+    """A family run stands for its members, which are its own children."""
+    members = []
+    for family in runs:
+        if family.data.tags.get(tracking.TAG_STAGE) == "family":
+            ids = family.data.tags.get("mlprunes.member_run_ids", "")
+            members += _existing([m for m in ids.split(",") if m])
+    return runs + members
+
+
+def _study_runs(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.info.status == "FINISHED"
+            and r.data.tags.get(tracking.TAG_STAGE) in STUDY_STAGES]
 
 
 def _float(value) -> float | None:

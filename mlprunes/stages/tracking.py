@@ -135,7 +135,9 @@ def runs_with_key(experiment_id: str, key: str) -> list[Run]:
 
 def check_resumable(run_id: str, stage: str, key: str) -> None:
     """Only an unfinished run of this stage, started with these same settings, is resumed."""
-    if os.environ.get("MLFLOW_RUN_ID"):
+    # A stage's own entry point under `mlflow run` already has a run to attach to; inside the
+    # pipeline (a run is active) a step may reopen an interrupted child.
+    if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
         raise StageError("--resume-run-id cannot be used under `mlflow run`, which starts a "
                          "run of its own; call `mlprunes` directly to resume")
     run = get_run(run_id, stage=stage, finished=False)
