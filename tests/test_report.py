@@ -72,6 +72,8 @@ def test_table_matches_the_logged_runs(study, tmp_path):
         assert float(row["test_error"]) == pytest.approx(metrics["test_error"])
         if row["stage"] in ("train", "scratch", "family-member"):
             assert float(row["training_epochs"]) == float(params["epochs"])
+        if row["stage"] != "evaluate":
+            assert float(row["train_macs"]) == pytest.approx(metrics["train_macs"])
         if row["stage"] == "evaluate":
             assert float(row["latency_ms"]) == pytest.approx(metrics["latency_compressed_b1_ms"])
             assert row["source_run_id"] == params["run_id"]
@@ -83,7 +85,7 @@ def test_table_matches_the_logged_runs(study, tmp_path):
 def test_every_group_appears_in_the_plot_data(study):
     ids, _ = study
     records = build_records(gather_runs("mlprunes"))
-    for axis in ("params", "flops", "epochs"):
+    for axis in ("params", "flops", "macs"):
         series = series_for(records, axis)
         assert {s.group for s in series} == GROUPS, axis
         curves = [s for s in series if s.kind == "curve"]
@@ -93,8 +95,12 @@ def test_every_group_appears_in_the_plot_data(study):
     fisher = next(s for s in series_for(records, "params") if s.run_ids == [ids["fisher"]])
     params = [x for x, _ in sorted(fisher.points, reverse=True)]
     assert params == sorted(params, reverse=True) and params[0] > params[-1]
-    epochs = next(s for s in series_for(records, "epochs") if s.run_ids == [ids["fisher"]])
-    assert min(x for x, _ in epochs.points) >= 1.0  # starts at the base run's epoch
+    cost = next(s for s in series_for(records, "macs") if s.run_ids == [ids["fisher"]])
+    base_macs = MlflowClient().get_run(ids["base"]).data.metrics["train_macs"]
+    spent = sorted(x for x, _ in cost.points)
+    assert spent[0] > base_macs and spent == sorted(set(spent))  # continues the base's cost
+    fisher_run = next(r for r in records if r.run_id == ids["fisher"])
+    assert fisher_run.curve[0].epochs > 1.0  # the base's epoch plus fine-tuning
     latency = latency_series(records)
     assert {s.group for s in latency} == {"Fisher prune + fine-tune", "Reduced width"}
 

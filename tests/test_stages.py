@@ -32,9 +32,11 @@ def test_train_prune_scratch_chain_by_printed_run_ids(base_run, tmp_path):
     assert ArchSpec.from_json(base.data.params["arch_spec"]).name == "wrn-10-1"
     assert base.data.params["arch"] == "wrn" and base.data.params["depth"] == "10"
     for key in ("train_loss", "train_error", "val_error", "val_loss", "lr", "epoch_seconds",
-                "images_per_second", "test_error", "params", "flops"):
+                "images_per_second", "test_error", "params", "flops", "train_macs"):
         assert key in base.data.metrics, key
     assert base.data.metrics["params"] == 77_850
+    # One epoch of 192 images at batch 64: 3 steps, forward + backward at 3x the MACs.
+    assert base.data.metrics["train_macs"] == 3 * base.data.metrics["flops"] * 192
     assert [m.step for m in client.get_metric_history(base_run, "train_loss")] == [1]
 
     prune_id = cli(*prune_args(base_run)).run_id

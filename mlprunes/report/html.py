@@ -30,8 +30,9 @@ CAPTIONS = {
               "networks trained to the end (test error). The dashed line is the Pareto front of "
               "those networks.",
     "flops": "Multiply-accumulates of convolutions and linear layers per image.",
-    "epochs": "Training spent on each network: a pruning curve starts at its base network's "
-              "epochs and adds its fine-tuning.",
+    "macs": "Training compute spent on each network (forward + backward taken as three "
+            "forward passes). A pruning curve starts at its base network's cost and adds its "
+            "fine-tuning, which runs the masked network at full width.",
     "latency": "Measured by evaluate runs: the compressed network at batch 1 on the device "
                "that ran them.",
 }

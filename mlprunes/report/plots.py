@@ -20,7 +20,8 @@ from mlprunes.report.records import RunRecord  # noqa: E402
 AXES = {
     "params": ("Parameters", "error_vs_params"),
     "flops": ("FLOPs (multiply-accumulates per image)", "error_vs_flops"),
-    "epochs": ("Training cost (epochs: training + fine-tuning)", "error_vs_training_cost"),
+    "macs": ("Training cost (multiply-accumulates: training + fine-tuning)",
+             "error_vs_training_cost"),
     "latency": ("Measured latency, batch 1 (ms)", "latency_vs_error"),
 }
 
@@ -54,7 +55,7 @@ class Series:
 
 
 def _value(record: RunRecord, axis: str) -> float | None:
-    return {"params": record.params, "flops": record.flops, "epochs": record.epochs}[axis]
+    return {"params": record.params, "flops": record.flops, "macs": record.train_macs}[axis]
 
 
 def series_for(records: list[RunRecord], axis: str) -> list[Series]:
@@ -139,7 +140,7 @@ def draw_all(records: list[RunRecord], out_dir: Path) -> dict[str, dict[str, Pat
     titles = {
         "params": "Error against parameters",
         "flops": "Error against FLOPs",
-        "epochs": "Error against training cost",
+        "macs": "Error against training cost",
     }
     drawn = {}
     for axis, title in titles.items():

@@ -20,6 +20,7 @@ class CurvePoint:
     flops: float
     error: float
     epochs: float          # training spent so far: base epochs + fine-tuning epochs
+    macs: float | None = None  # the same in multiply-accumulates
 
 
 @dataclass
@@ -34,6 +35,7 @@ class RunRecord:
     flops: float | None = None
     test_error: float | None = None
     epochs: float | None = None           # training cost of this network, in epochs
+    train_macs: float | None = None       # ... and in multiply-accumulates
     latency_ms: float | None = None       # evaluate runs: compressed network at batch 1
     latency_masked_ms: float | None = None
     base_run_id: str = ""

@@ -10,7 +10,7 @@ from typing import Any
 from mlprunes.report.records import RunRecord
 
 COLUMNS = ["run_id", "run_name", "group", "stage", "criterion", "arch", "params", "flops",
-           "test_error", "training_epochs", "latency_ms", "latency_masked_ms", "base_run_id",
+           "test_error", "training_epochs", "train_macs", "latency_ms", "latency_masked_ms", "base_run_id",
            "prune_run_id", "source_run_id", "parent_run_id"]
 
 
@@ -23,7 +23,8 @@ def rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             "criterion": r.criterion,
             "arch": r.spec.name if r.spec is not None else "",
             "params": r.params, "flops": r.flops, "test_error": r.test_error,
-            "training_epochs": r.epochs, "latency_ms": r.latency_ms,
+            "training_epochs": r.epochs, "train_macs": r.train_macs,
+            "latency_ms": r.latency_ms,
             "latency_masked_ms": r.latency_masked_ms, "base_run_id": r.base_run_id,
             "prune_run_id": r.prune_run_id, "source_run_id": r.source_run_id,
             "parent_run_id": r.parent_run_id,
@@ -49,6 +50,8 @@ def _plain(value: Any) -> Any:
 def _cell(key: str, value: Any) -> str:
     if value is None or value == "":
         return ""
+    if key == "train_macs":
+        return f"{value:.3g}"
     if key in ("params", "flops"):
         return f"{value:,.0f}"
     if key in ("test_error",):
@@ -62,7 +65,8 @@ def _cell(key: str, value: Any) -> str:
 
 HTML_COLUMNS = [("run_name", "Run"), ("group", "Group"), ("stage", "Stage"), ("arch", "Arch."),
                 ("params", "Params"), ("flops", "FLOPs"), ("test_error", "Test error %"),
-                ("training_epochs", "Training (epochs)"), ("latency_ms", "Latency b1 (ms)"),
+                ("training_epochs", "Training (epochs)"), ("train_macs", "Training (MACs)"),
+                ("latency_ms", "Latency b1 (ms)"),
                 ("run_id", "Run ID"), ("base_run_id", "Base run"),
                 ("prune_run_id", "Prune run"), ("source_run_id", "Source run")]
 

@@ -114,6 +114,12 @@ def config_key(stage: str, settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def training_macs(flops_per_image: float, images: int) -> float:
+    """Multiply-accumulates spent training on `images` images: forward and backward, taken as
+    three forward passes (the usual estimate)."""
+    return 3.0 * flops_per_image * images
+
+
 def size_metrics(spec: ArchSpec, image_size: tuple[int, int]) -> dict[str, float]:
     counts = count(spec, image_size)
     return {"params": counts.params, "flops": counts.flops,

@@ -90,13 +90,14 @@ def _spec(params: dict[str, str]) -> ArchSpec | None:
 def _curve(client: MlflowClient, run: Run, base_epochs: float) -> list[CurvePoint]:
     """A prune run's per-prune metrics as curve points (step = prunes done)."""
     history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-               for key in ("val_error", "params", "flops", "finetune_epochs")}
+               for key in ("val_error", "params", "flops", "finetune_epochs", "train_macs")}
     points = []
     for step in sorted(history["val_error"]):
         if step in history["params"] and step in history["flops"]:
             points.append(CurvePoint(step, history["params"][step], history["flops"][step],
                                      history["val_error"][step],
-                                     base_epochs + history["finetune_epochs"].get(step, 0.0)))
+                                     base_epochs + history["finetune_epochs"].get(step, 0.0),
+                                     history["train_macs"].get(step)))
     return points
 
 
@@ -108,6 +109,7 @@ def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> R
         stage=stage, criterion=tags.get("mlprunes.criterion", params.get("criterion", "")),
         budget=params.get("budget", ""), spec=_spec(params), params=metrics.get("params"),
         flops=metrics.get("flops"), test_error=metrics.get("test_error"),
+        train_macs=metrics.get("train_macs"),
         base_run_id=tags.get(tracking.TAG_BASE_RUN, ""),
         prune_run_id=tags.get(tracking.TAG_PRUNE_RUN, ""),
         source_run_id=tags.get(tracking.TAG_SOURCE_RUN, ""),

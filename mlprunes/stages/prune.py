@@ -18,6 +18,7 @@ from typing import Any
 
 import mlflow
 
+from mlprunes.counting import count
 from mlprunes.engine.checkpoint import (CheckpointError, load_checkpoint, make_checkpoint,
                                         restore_rng, save_checkpoint)
 from mlprunes.engine.evaluate import evaluate
@@ -28,7 +29,7 @@ from mlprunes.pruning import Pruner, apply_history, compress, make_saliency, spe
 from mlprunes.stages import tracking
 from mlprunes.stages.common import (DataConfig, RunConfig, check_batches, config_key, load_splits,
                                     make_loaders, recipe_params, result_settings, say,
-                                    size_metrics, spec_json)
+                                    size_metrics, spec_json, training_macs)
 from mlprunes.stages.train import FINAL, arch_params, finish
 
 CHECKPOINT_RE = re.compile(r"checkpoints/prunes_(\d+)\.pt$")
@@ -81,7 +82,9 @@ def run_pruning(job: PruneJob, parent_run_id: str | None = None,
             raise tracking.StageError(f"--{name} must be at least 1, got {value}")
     if job.prunes < 0:
         raise tracking.StageError(f"--prunes must be >= 0, got {job.prunes}")
-    tracking.get_run(job.base_run_id, stage="train")
+    base_run = tracking.get_run(job.base_run_id, stage="train")
+    # Pruning's training cost continues the base network's.
+    macs_before = base_run.data.metrics.get("train_macs", 0.0)
     if resume_run_id is not None:
         tracking.check_resumable(resume_run_id, "prune", job.key)
     with tracking.scratch_dir("prune") as tmp:
@@ -127,15 +130,17 @@ def run_pruning(job: PruneJob, parent_run_id: str | None = None,
                 mlflow.log_text(spec_json(spec), "arch.json")
             say(f"[prune] {name}: {job.prunes} {job.criterion} prunes of {spec.name} "
                 f"({spec.prunable_channels} channels), {job.prune_every} steps each, run {run_id}")
-            _loop(job, spec, splits.image_size, trainer, pruner, loaders, curve, start, tmp)
+            _loop(job, spec, splits.image_size, trainer, pruner, loaders, curve, start, tmp,
+                  macs_before)
             final = compress(trainer.model)
             finish(final, trainer.amp_dtype, loaders, splits.image_size, tmp, job.log_model,
-                   step=job.prunes)
+                   step=job.prunes,
+                   train_macs=macs_before + finetune_macs(trainer, spec, splits.image_size))
     return run_id
 
 
 def _loop(job: PruneJob, spec, image_size, trainer: Trainer, pruner: Pruner, loaders,
-          curve: list[dict[str, Any]], start: int, tmp: Path) -> None:
+          curve: list[dict[str, Any]], start: int, tmp: Path, macs_before: float) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=job.prunes, initial=start, desc="prune", unit="prune",
@@ -145,7 +150,7 @@ def _loop(job: PruneJob, spec, image_size, trainer: Trainer, pruner: Pruner, loa
         if not resumed_here:  # a resumed run saved after this point's fine-tuning
             trainer.train_steps(job.prune_every)
             if p % job.val_every == 0 or p == job.prunes:
-                point = _validate(p, spec, pruner, trainer, loaders, image_size)
+                point = _validate(p, spec, pruner, trainer, loaders, image_size, macs_before)
                 curve.append(point)
                 mlflow.log_metrics({k: v for k, v in point.items() if k != "prunes"}, step=p)
                 bar.set_postfix(val_err=f"{point['val_error']:.2f}%",
@@ -159,12 +164,21 @@ def _loop(job: PruneJob, spec, image_size, trainer: Trainer, pruner: Pruner, loa
     pruner.detach()
 
 
-def _validate(p, spec, pruner, trainer, loaders, image_size) -> dict[str, Any]:
+def finetune_macs(trainer: Trainer, spec, image_size) -> float:
+    """Fine-tuning so far. The masked network computes at full width whatever its masks say,
+    so this is the full network's cost: what this run really spent."""
+    images = trainer.position.step * trainer.loader.batch_size
+    return training_macs(count(spec, image_size).flops, images)
+
+
+def _validate(p, spec, pruner, trainer, loaders, image_size, macs_before) -> dict[str, Any]:
     current = spec_after(spec, pruner.history)
     result = evaluate(trainer.model, loaders.eval, trainer.amp_dtype)
-    finetune_epochs = trainer.position.step * trainer.loader.batch_size / trainer.loader.num_samples
+    loader = trainer.loader
     return {"prunes": p, "val_error": result["error"], "val_loss": result["loss"],
-            "finetune_epochs": finetune_epochs, **size_metrics(current, image_size)}
+            "finetune_epochs": trainer.position.step * loader.batch_size / loader.num_samples,
+            "train_macs": macs_before + finetune_macs(trainer, spec, image_size),
+            **size_metrics(current, image_size)}
 
 
 def _save(p: int, trainer: Trainer, pruner: Pruner, curve, tmp: Path) -> None:
@@ -183,7 +197,7 @@ def _save(p: int, trainer: Trainer, pruner: Pruner, curve, tmp: Path) -> None:
 
 def write_curve(curve: list[dict[str, Any]], path: Path) -> None:
     columns = ["prunes", "channels_left", "params", "flops", "val_error", "val_loss",
-               "finetune_epochs"]
+               "finetune_epochs", "train_macs"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mlprunes.arch import ArchSpec
+from mlprunes.counting import count
 from mlprunes.engine.checkpoint import (CheckpointError, load_checkpoint, make_checkpoint,
                                         save_checkpoint)
 from mlprunes.engine.evaluate import evaluate
@@ -21,7 +22,7 @@ from mlprunes.nets import build
 from mlprunes.stages import tracking
 from mlprunes.stages.common import (DataConfig, RunConfig, check_batches, config_key, load_splits,
                                     make_loaders, recipe_params, result_settings, say,
-                                    size_metrics, spec_json)
+                                    size_metrics, spec_json, training_macs)
 
 LAST = "checkpoints/last.pt"
 FINAL = "checkpoints/final.pt"
@@ -112,17 +113,20 @@ def run_training(job: TrainJob, parent_run_id: str | None = None,
                     mlflow.log_artifact(str(path), "checkpoints")
 
             fit(trainer, loaders.eval, callbacks=[log_epoch])
+            spent = training_macs(count(job.spec, splits.image_size).flops,
+                                  trainer.position.step * job.recipe.batch_size)
             finish(trainer.model, trainer.amp_dtype, loaders, splits.image_size, tmp,
-                   job.log_model, step=trainer.position.epoch)
+                   job.log_model, step=trainer.position.epoch, train_macs=spent)
     return run_id
 
 
 def finish(model: torch.nn.Module, amp_dtype, loaders, image_size, tmp: Path,
-           log_model: bool, step: int) -> dict[str, float]:
-    """Test metrics, sizes, the final checkpoint and the logged model."""
+           log_model: bool, step: int, train_macs: float) -> dict[str, float]:
+    """Test metrics, sizes, training cost, the final checkpoint and the logged model."""
     result = evaluate(model, loaders.test, amp_dtype)
     metrics = {"test_error": result["error"], "test_top5_error": result["top5_error"],
-               "test_loss": result["loss"], **size_metrics(model.spec, image_size)}
+               "test_loss": result["loss"], "train_macs": train_macs,
+               **size_metrics(model.spec, image_size)}
     mlflow.log_metrics(metrics, step=step)
     checkpoint = make_checkpoint(model, meta={"test_error": result["error"]})
     mlflow.log_artifact(str(save_checkpoint(checkpoint, tmp / "final.pt")), "checkpoints")
