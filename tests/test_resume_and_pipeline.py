@@ -132,3 +132,46 @@ def test_the_pipeline_resumes_under_mlflow_run(store, monkeypatch, tmp_path):
     steps = {s["step"]: s["how"] for s in
              read_csv(read_artifact_text(parent, "pipeline_runs.csv", tmp_path))}
     assert steps["prune-fisher"] == "resumed"
+
+
+def test_a_prune_process_killed_with_sigkill_resumes_to_the_same_history(store, tmp_path):
+    """A real kill: the process dies without a word, its run stays RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    client = MlflowClient()
+    base = cli(*TINY_TRAIN).run_id
+    args = prune_args(base, "--prune-every", "12", prunes=40)
+    straight = cli(*args).run_id
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    mlprunes = str(Path(sys.executable).parent / "mlprunes")
+    proc = subprocess.Popen([mlprunes, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    run_id = None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        running = [r for r in all_runs() if r.data.tags.get("mlprunes.stage") == "prune"
+                   and r.info.status == "RUNNING"]
+        if running:
+            run_id = running[0].info.run_id
+            saved = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
+            if "checkpoints/prunes_00004.pt" in saved:
+                break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the prune finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert client.get_run(run_id).info.status == "RUNNING"
+    saved = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
+    assert "checkpoints/prunes_00040.pt" not in saved
+
+    assert cli(*args, "--resume-run-id", run_id).run_id == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    history = [json.loads(read_artifact_text(r, "prune_history.json", tmp_path / r))
+               for r in (straight, run_id)]
+    assert len(history[0]) == 40 and history[0] == history[1]
