@@ -126,7 +126,9 @@ def run_pruning(job: PruneJob, parent_run_id: str | None = None,
                 start, curve = _resume(run_id, trainer, pruner, tmp)
             else:
                 tracking.log_params({**job.settings(), **arch_params(spec),
-                                     "device": job.run.device})
+                                     "device": job.run.device, "compile": job.run.compile,
+                                     "channels_last": job.run.channels_last,
+                                     "log_model": job.log_model})
                 mlflow.log_text(spec_json(spec), "arch.json")
             say(f"[prune] {name}: {job.prunes} {job.criterion} prunes of {spec.name} "
                 f"({spec.prunable_channels} channels), {job.prune_every} steps each, run {run_id}")

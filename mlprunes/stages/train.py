@@ -93,6 +93,8 @@ def run_training(job: TrainJob, parent_run_id: str | None = None,
                 tracking.log_params({**job.settings(), **arch_params(job.spec),
                                      "device": job.run.device,
                                      "compile": job.run.compile,
+                                     "channels_last": job.run.channels_last,
+                                     "log_model": job.log_model,
                                      "checkpoint_every": job.checkpoint_every})
                 mlflow.log_text(spec_json(job.spec), "arch.json")
                 mlflow.log_metrics(size_metrics(job.spec, splits.image_size), step=0)
