@@ -109,8 +109,9 @@ def draw(series: list[Series], axis: str, title: str, out_dir: Path,
         if s.kind == "curve":
             ax.plot(xs, ys, color=colour, marker=marker, markersize=3, linewidth=1.2,
                     alpha=0.9, label=label)
-        else:
-            ax.scatter(xs, ys, color=colour, marker=marker, s=60, edgecolors="white",
+        else:  # a curve's dot marker is too small for a lone point
+            ax.scatter(xs, ys, color=colour, marker="o" if marker == "." else marker, s=60,
+                       edgecolors="white",
                        linewidths=0.6, zorder=3, label=label)
     # Over networks trained to the end (test error) only: curve points are validation error.
     front = pareto_front(p for s in series if s.kind == "points" for p in s.points)
