@@ -24,7 +24,7 @@ def flag(name: str, help: str, default=False):
     """A boolean flag that also takes an explicit value (`--download` or `--download false`),
     so that `mlflow run -P download=true` works: MLflow passes extra parameters as `--key value`."""
     return click.option(name, type=click.BOOL, is_flag=False, flag_value=True, default=default,
-                        help=help)
+                        metavar="[true|false]", help=help)
 
 
 def arch_options(command):
@@ -124,13 +124,17 @@ def recipe_options(command):
     options = [
         click.option("--preset", type=click.Choice(["wrn", "densenet"]), default=None,
                      help="Recipe preset [default: the network's family]."),
-        click.option("--epochs", type=int, default=None),
-        click.option("--batch-size", type=int, default=None),
-        click.option("--lr", type=float, default=None),
-        click.option("--momentum", type=float, default=None),
-        click.option("--weight-decay", type=float, default=None),
+        click.option("--epochs", type=int, default=None,
+                     help="Training epochs [default: the preset's, 200 wrn / 300 densenet]."),
+        click.option("--batch-size", type=int, default=None,
+                     help="[default: the preset's, 128 wrn / 64 densenet]."),
+        click.option("--lr", type=float, default=None,
+                     help="Learning rate [default: the preset's; pruning 8e-4 / 1e-3]."),
+        click.option("--momentum", type=float, default=None, help="[default: 0.9]."),
+        click.option("--weight-decay", type=float, default=None,
+                     help="[default: the preset's, 5e-4 wrn / 1e-4 densenet]."),
         click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]),
-                     default=None),
+                     default=None, help="lr schedule [default: step; constant when pruning]."),
         click.option("--milestones", default=None,
                      help="lr milestones as fractions of the run, e.g. 0.3,0.6,0.8."),
         click.option("--gamma", type=float, default=None, help="lr factor at each milestone."),
@@ -151,7 +155,7 @@ def run_options(command):
         click.option("--channels-last/--no-channels-last", default=None,
                      help="NHWC memory format [default: on for CUDA]."),
         click.option("--compile", "compile_", type=click.BOOL, is_flag=False, flag_value=True,
-                     default=False, help="torch.compile the model."),
+                     default=False, metavar="[true|false]", help="torch.compile the model."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--progress/--no-progress", default=None,
                      help="Progress bars on stderr [default: when stderr is a terminal]."),
