@@ -152,3 +152,18 @@ def test_latency_is_a_positive_median():
     model = build(arch.wrn(10, 1))
     assert 0 < measure_latency(model, batch_size=2, image_size=8, repeats=3, warmup=1) < 5
     assert model.training  # restored
+
+
+def test_compiled_training_matches_eager_and_checkpoints_plain_keys():
+    """--compile: the same losses as eager mode, and state dicts without compiler prefixes."""
+    spec = arch.wrn(10, 1, num_classes=5)
+    losses = {}
+    for compiled in (False, True):
+        seed_everything(0)
+        images, labels = toy_data(n=48)
+        loader = DeviceLoader(images, labels, 16, (0.3,) * 3, (0.2,) * 3, train=True)
+        trainer = Trainer(build(spec), preset("wrn").override(epochs=1, batch_size=16), loader,
+                          compile=compiled, progress=False)
+        losses[compiled] = trainer.train_epoch()["train_loss"]
+        assert all(not k.startswith("_orig_mod") for k in trainer.state_dict()["model"])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
