@@ -20,6 +20,13 @@ from mlprunes.stages.tracking import (DEFAULT_EXPERIMENT, StageError, check_trac
                                       configure_client)
 
 
+def apply_options(command, options):
+    """Decorate `command` with `options`, first option first in --help."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def flag(name: str, help: str, default=False):
     """A boolean flag that also takes an explicit value (`--download` or `--download false`),
     so that `mlflow run -P download=true` works: MLflow passes extra parameters as `--key value`."""
@@ -43,9 +50,7 @@ def arch_options(command):
         click.option("--num-classes", type=int, default=None,
                      help="Output classes [default: from the dataset, 10 without one]."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return apply_options(command, options)
 
 
 def spec_from_options(family: str, depth: int | None, width: float | None, growth: int | None,
@@ -114,9 +119,7 @@ def data_options(command):
         click.option("--data-seed", type=int, default=None,
                      help="Seed of generated data and of the validation split [default: 0]."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return apply_options(command, options)
 
 
 def recipe_options(command):
@@ -139,9 +142,7 @@ def recipe_options(command):
                      help="lr milestones as fractions of the run, e.g. 0.3,0.6,0.8."),
         click.option("--gamma", type=float, default=None, help="lr factor at each milestone."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return apply_options(command, options)
 
 
 def run_options(command):
@@ -163,9 +164,7 @@ def run_options(command):
                      help="MLflow experiment (ignored under `mlflow run`, which sets it)."),
         click.option("--run-name", default=None, help="MLflow run name [default: derived]."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return apply_options(command, options)
 
 
 def data_config(base: DataConfig | None = None, **given) -> DataConfig:

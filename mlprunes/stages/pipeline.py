@@ -26,7 +26,8 @@ from mlprunes.engine.trainer import resolve_device
 from mlprunes.stages.evaluate import evaluate_key, run_evaluate
 from mlprunes.stages.family import family_key, run_family
 from mlprunes.stages.prune import PruneJob, run_pruning, saved_prune_counts
-from mlprunes.stages.scratch import lineage_tags, load_pruned_source, scratch_job
+from mlprunes.stages.scratch import (PrunedSource, lineage_tags, load_pruned_source,
+                                     scratch_job)
 from mlprunes.stages.train import LAST, TrainJob, run_training
 
 
@@ -107,6 +108,13 @@ class Pipeline:
     experiment_id: str = ""
     parent_id: str = ""
     used: list[dict[str, str]] = field(default_factory=list)
+    _sources: dict[str, PrunedSource] = field(default_factory=dict)
+
+    def source(self, prune_id: str) -> PrunedSource:
+        """A prune run's history and architecture, downloaded once for all its steps."""
+        if prune_id not in self._sources:
+            self._sources[prune_id] = load_pruned_source(prune_id)
+        return self._sources[prune_id]
 
     # -- reuse --------------------------------------------------------------------------------
 
@@ -158,7 +166,7 @@ class Pipeline:
                          lambda rid: bool(saved_prune_counts(rid)))
 
     def scratch(self, prune_id: str, criterion: str, prunes: int) -> str:
-        source = load_pruned_source(prune_id)
+        source = self.source(prune_id)
         job = scratch_job(source, source.spec_at(prunes), "scratch-e", self.plan.data,
                           stage="scratch", run=self.run, log_model=self.plan.log_model,
                           run_name=f"scratch-{criterion}-{source.spec.name}-p{prunes}",
@@ -170,7 +178,7 @@ class Pipeline:
                          lambda rid: LAST in tracking.list_artifacts(rid, "checkpoints"))
 
     def family(self, prune_id: str, base_params: int) -> str:
-        source = load_pruned_source(prune_id)
+        source = self.source(prune_id)
         prunes = self.plan.prunes
         budgets = [int(base_params * f) for f in self.plan.family_budgets]
         key = family_key(source, prunes, budgets, "scratch-e", self.plan.data, self.run)
