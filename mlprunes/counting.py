@@ -40,8 +40,17 @@ def count_params(spec: ArchSpec) -> int:
     return count(spec).params
 
 
-def count_flops(spec: ArchSpec, image_size: int | Size = 32) -> int:
-    return count(spec, image_size).flops
+def size_metrics(spec: ArchSpec, image_size: int | Size = 32) -> dict[str, float]:
+    """A network's size as the stages log it: parameters, MACs per image, prunable channels."""
+    counts = count(spec, image_size)
+    return {"params": counts.params, "flops": counts.flops,
+            "channels_left": spec.prunable_channels}
+
+
+def training_macs(flops_per_image: float, images: int) -> float:
+    """Multiply-accumulates spent training on `images` images: forward and backward, taken as
+    three forward passes (the usual estimate)."""
+    return 3.0 * flops_per_image * images
 
 
 class _Tally:

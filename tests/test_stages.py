@@ -142,7 +142,7 @@ def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_p
     (lambda ids: prune_args(ids["base"], "--resume-run-id", ids["stray_prune"]),
      "was started with other settings"),
     (lambda ids: ["evaluate", "--run-id", ids["base"], "--batch-size", "0"],
-     "--batch-size and --repeats must be at least 1"),
+     "--batch-size must be at least 1, got 0"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_written(base_run, make_args, fragment):
     client = MlflowClient()

@@ -6,9 +6,10 @@ A recipe's learning-rate milestones are fractions of the run, so a 15-epoch run 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> "Recipe":
+        """A recipe logged as strings (MLflow params of `to_dict()`), read back."""
+        return cls(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
+                   lr=float(params["lr"]), momentum=float(params["momentum"]),
+                   weight_decay=float(params["weight_decay"]), schedule=params["schedule"],
+                   milestones=tuple(json.loads(params["milestones"])),
+                   gamma=float(params["gamma"]), nesterov=params["nesterov"] == "true")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,7 +1,8 @@
 """The training loop shared by training, fine-tuning while pruning, and training from scratch.
 
-`Trainer` owns the model, the SGD optimiser and the position in the data stream (epoch, batch,
-step); `train_steps(n)` and `train_epoch()` advance it. `fit` is the epoch loop around it that
+`train_step` is one SGD step (forward, loss, backward, update). `Trainer` owns the model, the
+optimiser and the position in the data stream (epoch, batch, step); `train_steps(n)` and
+`train_epoch()` advance it, crossing epoch boundaries as the stream does. `fit` is the epoch loop around it that
 evaluates and reports each epoch to callbacks (through which the stages log and checkpoint,
 without the loop knowing about MLflow).
 """
@@ -13,7 +14,8 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from itertools import islice
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mlprunes.data.loader import DeviceLoader
+from mlprunes.data.loader import Batch, DeviceLoader
 from mlprunes.engine.evaluate import evaluate
 from mlprunes.engine.recipes import Recipe
 
@@ -52,6 +54,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+               x: torch.Tensor, y: torch.Tensor, lr: float, device: torch.device,
+               amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on one batch: set the lr, forward, cross-entropy, backward, update.
+    Returns the (detached) loss and logits, for running statistics."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(device, amp_dtype):
+        out = forward(x)
+        loss = F.cross_entropy(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), out.detach()
 
 
 @dataclass
@@ -92,15 +110,12 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         """Finish the current epoch."""
-        return self._run(len(self.loader) - self.position.batch)
+        return self.train_steps(len(self.loader) - self.position.batch)
 
     def train_steps(self, steps: int) -> dict[str, float]:
         """Train `steps` SGD steps, continuing the data stream across epoch boundaries."""
-        return self._run(steps)
-
-    def _run(self, steps: int) -> dict[str, float]:
-        model, opt, pos = self.model, self.optimizer, self.position
-        model.train()
+        pos = self.position
+        self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -108,38 +123,23 @@ class Trainer:
                    leave=False, file=sys.stderr, disable=not self.progress, mininterval=1.0,
                    dynamic_ncols=True)
         start = time.perf_counter()
-        done = 0
-        while done < steps:
-            for x, y in self.loader.epoch(pos.epoch, pos.batch):
-                lr = self.lr
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                with autocast(self.device, self.amp_dtype):
-                    out = self._forward(x)
-                    loss = F.cross_entropy(out, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                # Accumulated on the device: no host sync per step.
-                loss_sum += loss.detach() * len(y)
-                wrong += (out.argmax(1) != y).sum()
-                seen += len(y)
-                pos.batch += 1
-                pos.step += 1
-                done += 1
-                bar.update(1)
-                if bar.n % 25 == 0 and not bar.disable:
+        for x, y in islice(self._stream(), steps):
+            lr = self.lr
+            loss, out = train_step(self._forward, self.optimizer, x, y, lr,
+                                   self.device, self.amp_dtype)
+            # Accumulated on the device: no host sync per step.
+            loss_sum += loss * len(y)
+            wrong += (out.argmax(1) != y).sum()
+            seen += len(y)
+            self._advance()
+            bar.update(1)
+            if not bar.disable:
+                bar.set_description(f"{self.desc} epoch {pos.epoch + 1}", refresh=False)
+                if bar.n % 25 == 0:
                     elapsed = time.perf_counter() - start
                     bar.set_postfix(loss=f"{loss.item():.3f}",
                                     err=f"{100.0 * wrong.item() / seen:.1f}%", lr=f"{lr:.3g}",
                                     img_s=f"{seen / elapsed:.0f}", refresh=False)
-                if done == steps:
-                    break
-            if pos.batch == len(self.loader):
-                pos.epoch += 1
-                pos.batch = 0
-                if done < steps:
-                    bar.set_description(f"{self.desc} epoch {pos.epoch + 1}")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
@@ -151,6 +151,21 @@ class Trainer:
             "images_per_second": seen / elapsed if elapsed > 0 else float("nan"),
             "seconds": elapsed,
         }
+
+    def _stream(self) -> Iterator[Batch]:
+        """Training batches from the current position on, epoch after epoch. The position
+        moves only when a batch has been trained on (`_advance`), so a stream cut short leaves
+        the trainer exactly where the next one starts."""
+        while True:
+            yield from self.loader.epoch(self.position.epoch, self.position.batch)
+
+    def _advance(self) -> None:
+        pos = self.position
+        pos.batch += 1
+        pos.step += 1
+        if pos.batch == len(self.loader):
+            pos.epoch += 1
+            pos.batch = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mlprunes.report.records import RunRecord
 
@@ -32,12 +32,16 @@ def rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     return out
 
 
-def write_csv(table: list[dict[str, Any]], path: Path) -> Path:
+def write_csv(table: Sequence[dict[str, Any]], path: Path,
+              columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV (in the run table's columns unless given): missing values empty, whole
+    floats as integers."""
+    columns = list(COLUMNS if columns is None else columns)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in table:
-            writer.writerow({k: "" if row.get(k) is None else _plain(row[k]) for k in COLUMNS})
+            writer.writerow({k: "" if row.get(k) is None else _plain(row[k]) for k in columns})
     return path
 
 

@@ -14,10 +14,10 @@ from mlprunes.report.html import render
 from mlprunes.report.plots import draw_all
 from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
 from mlprunes.report.table import rows, write_csv
-from mlprunes.stages import tracking
-
-STUDY_STAGES = ("train", "prune", "scratch", "family-member", "evaluate")
-TAG_STUDY_RUNS = "mlprunes.study_run_ids"
+from mlprunes.errors import StageError
+from mlprunes.jobs import CompareJob
+from mlprunes.stages import contract, tracking
+from mlprunes.stages.contract import STUDY_STAGES, TAG_STAGE
 
 
 def gather_runs(experiment: str | None = None, run_ids: Sequence[str] = (),
@@ -26,21 +26,21 @@ def gather_runs(experiment: str | None = None, run_ids: Sequence[str] = (),
     experiment's."""
     client = MlflowClient()
     if run_ids:
-        runs = [tracking.get_run(r, stage=(*STUDY_STAGES, "family")) for r in run_ids]
+        runs = [contract.get_run(r, stage=(*STUDY_STAGES, contract.FAMILY)) for r in run_ids]
         return _study_runs(_with_family_members(runs))
     if parent_run_id is not None:
-        parent = tracking.get_run(parent_run_id, stage="pipeline", finished=False)
-        listed = [r for r in parent.data.tags.get(TAG_STUDY_RUNS, "").split(",") if r]
+        parent = contract.get_run(parent_run_id, stage=contract.PIPELINE, finished=False)
+        listed = [r for r in parent.data.tags.get(contract.TAG_STUDY_RUNS, "").split(",") if r]
         if not listed:
-            raise tracking.StageError(f"pipeline run {parent_run_id} lists no study runs yet")
+            raise StageError(f"pipeline run {parent_run_id} lists no study runs yet")
         return _study_runs(_with_family_members(_existing(listed)))
     exp = client.get_experiment_by_name(experiment or tracking.DEFAULT_EXPERIMENT)
     if exp is None:
-        raise tracking.StageError(f"no experiment named {experiment!r} in the tracking store at "
+        raise StageError(f"no experiment named {experiment!r} in the tracking store at "
                                   f"{mlflow.get_tracking_uri()}")
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
                               max_results=5000)
-    return [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) in STUDY_STAGES]
+    return [r for r in runs if r.data.tags.get(TAG_STAGE) in STUDY_STAGES]
 
 
 def _existing(run_ids: Sequence[str]) -> list[Run]:
@@ -61,15 +61,15 @@ def _with_family_members(runs: list[Run]) -> list[Run]:
     """A family run stands for its members, which are its own children."""
     members = []
     for family in runs:
-        if family.data.tags.get(tracking.TAG_STAGE) == "family":
-            ids = family.data.tags.get("mlprunes.member_run_ids", "")
+        if family.data.tags.get(TAG_STAGE) == contract.FAMILY:
+            ids = family.data.tags.get(contract.TAG_FAMILY_MEMBERS, "")
             members += _existing([m for m in ids.split(",") if m])
     return runs + members
 
 
 def _study_runs(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.info.status == "FINISHED"
-            and r.data.tags.get(tracking.TAG_STAGE) in STUDY_STAGES]
+            and r.data.tags.get(TAG_STAGE) in STUDY_STAGES]
 
 
 def _float(value) -> float | None:
@@ -103,16 +103,16 @@ def _curve(client: MlflowClient, run: Run, base_epochs: float) -> list[CurvePoin
 
 def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> RunRecord:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    stage = tags.get(tracking.TAG_STAGE, "")
+    stage = tags.get(TAG_STAGE, "")
     record = RunRecord(
         run_id=run.info.run_id, name=tags.get("mlflow.runName", run.info.run_id[:8]),
-        stage=stage, criterion=tags.get("mlprunes.criterion", params.get("criterion", "")),
+        stage=stage, criterion=tags.get(contract.TAG_CRITERION, params.get("criterion", "")),
         budget=params.get("budget", ""), spec=_spec(params), params=metrics.get("params"),
         flops=metrics.get("flops"), test_error=metrics.get("test_error"),
         train_macs=metrics.get("train_macs"),
-        base_run_id=tags.get(tracking.TAG_BASE_RUN, ""),
-        prune_run_id=tags.get(tracking.TAG_PRUNE_RUN, ""),
-        source_run_id=tags.get(tracking.TAG_SOURCE_RUN, ""),
+        base_run_id=tags.get(contract.TAG_BASE_RUN, ""),
+        prune_run_id=tags.get(contract.TAG_PRUNE_RUN, ""),
+        source_run_id=tags.get(contract.TAG_SOURCE_RUN, ""),
         parent_run_id=tags.get("mlflow.parentRunId", ""))
     if stage in ("train", "scratch", "family-member"):
         record.epochs = _float(params.get("epochs"))
@@ -134,32 +134,44 @@ def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> R
 def build_records(runs: list[Run]) -> list:
     client = MlflowClient()
     epochs_of = {r.info.run_id: _float(r.data.params.get("epochs")) for r in runs
-                 if r.data.tags.get(tracking.TAG_STAGE) == "train"}
+                 if r.data.tags.get(TAG_STAGE) == "train"}
     return assign_groups([record_for(client, r, epochs_of) for r in runs])
 
 
-def run_compare(experiment: str = tracking.DEFAULT_EXPERIMENT, run_ids: Sequence[str] = (),
-                parent_run_id: str | None = None, run_name: str | None = None,
-                study_parent_run_id: str | None = None) -> str:
-    """One run holding the study's plots, table and report. `parent_run_id` selects the study
-    (a pipeline run); `study_parent_run_id` makes the compare run that pipeline's child."""
-    runs = gather_runs(experiment, run_ids, parent_run_id)
+def current_experiment() -> str:
+    """Under `mlflow run`, the experiment it chose; else the default."""
+    import os
+
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if exp_id:
+        exp = mlflow.get_experiment(exp_id)
+        if exp is not None:
+            return exp.name
+    return tracking.DEFAULT_EXPERIMENT
+
+
+def run(job: CompareJob, parent_run_id: str | None = None,
+        resume_run_id: str | None = None) -> str:
+    """One run holding the study's plots, table and report. `job.parent_run_id` selects a
+    pipeline's study; `parent_run_id` makes the compare run a child (of that pipeline)."""
+    experiment = job.experiment or current_experiment()
+    runs = gather_runs(experiment, job.run_ids, job.parent_run_id)
     if not runs:
-        raise tracking.StageError("no finished mlprunes runs to compare")
+        raise StageError("no finished mlprunes runs to compare")
     records = build_records(runs)
-    tags = {"mlprunes.compared_runs": str(len(records))}
-    if parent_run_id:
-        tags["mlprunes.study_parent_run_id"] = parent_run_id
-    title = "mlprunes study" + (f": {run_name}" if run_name else "")
-    with tracking.stage_run("compare", experiment=experiment, run_name=run_name or "compare",
-                            tags=tags, parent_run_id=study_parent_run_id) as run:
-        tracking.log_params({"experiment": experiment, "run_ids": list(run_ids),
-                             "parent_run_id": parent_run_id or ""})
+    tags = {contract.TAG_COMPARED_RUNS: str(len(records))}
+    if job.parent_run_id:
+        tags[contract.TAG_STUDY_PARENT] = job.parent_run_id
+    title = "mlprunes study" + (f": {job.run_name}" if job.run_name else "")
+    with contract.stage_run(job, job.run_name or "compare", tags, experiment=experiment,
+                            parent_run_id=parent_run_id, resume_run_id=resume_run_id) as run:
+        tracking.log_params({"experiment": experiment, "run_ids": list(job.run_ids),
+                             "parent_run_id": job.parent_run_id or ""})
         with tracking.scratch_dir("compare") as tmp:
             plots = draw_all(records, tmp / "plots")
             mlflow.log_artifacts(str(tmp / "plots"), "plots")
             mlflow.log_artifact(str(write_csv(rows(records), tmp / "runs.csv")))
-            subtitle = (f"Pipeline run {parent_run_id}." if parent_run_id
+            subtitle = (f"Pipeline run {job.parent_run_id}." if job.parent_run_id
                         else f"Experiment {experiment}.")
             (tmp / "report.html").write_text(render(records, plots, title, subtitle))
             mlflow.log_artifact(str(tmp / "report.html"))

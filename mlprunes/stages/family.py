@@ -1,73 +1,67 @@
-"""The `family` stage: one pruned width profile scaled to several parameter budgets, each member
-trained from scratch as a child run."""
+"""The `family` stage: one pruned width profile scaled to several parameter budgets ("prune
+once, get a family"), each member trained from scratch as a child run of the family run."""
 
 from __future__ import annotations
 
-import csv
-from typing import Sequence
-
 import mlflow
 
-from mlprunes.counting import count
-from mlprunes.stages import tracking
-from mlprunes.stages.common import (DataConfig, RunConfig, config_key, result_settings, say,
-                                    spec_json)
-from mlprunes.stages.scratch import PrunedSource, lineage_tags, scale_family, scratch_job
-from mlprunes.stages.train import run_training
+from mlprunes.counting import count, scale_to_budget
+from mlprunes.errors import StageError
+from mlprunes.jobs import FamilyJob
+from mlprunes.stages import contract, tracking
+from mlprunes.stages.common import say, spec_json
+from mlprunes.stages.trained import prepare, pruned_training, train_in_run
 
 
-def family_key(source: PrunedSource, prunes: int, budgets: Sequence[int], budget: str,
-               data: DataConfig, run: RunConfig) -> str:
-    return config_key("family", {"prune_run_id": source.run_id, "prunes": prunes,
-                                 "budgets": list(budgets), "budget": budget,
-                                 **result_settings(data, run)})
-
-
-def run_family(source: PrunedSource, *, prunes: int, budgets: Sequence[int], budget: str,
-               data: DataConfig, run: RunConfig, experiment: str,
-               run_name: str | None = None, parent_run_id: str | None = None,
-               log_model: bool = True) -> str:
-    if not budgets:
-        raise tracking.StageError("--budgets needs at least one parameter budget")
-    profile = source.spec_at(prunes)
-    members = [scale_family(profile, b) for b in budgets]  # every budget checked before any run
-    crit = source.prune_run.data.params.get("criterion", "pruned")
-    name = run_name or f"family-{crit}-{source.spec.name}-p{prunes}"
-    tags = {**lineage_tags(source),
-            tracking.TAG_CONFIG: family_key(source, prunes, budgets, budget, data, run)}
+def run(job: FamilyJob, parent_run_id: str | None = None,
+        resume_run_id: str | None = None) -> str:
+    source = contract.load_pruned_source(job.prune_run_id)
+    if resume_run_id is not None:
+        contract.check_resumable(resume_run_id, job)
+    profile = source.spec_at(job.prunes)
+    try:  # every budget checked before any run
+        members = [scale_to_budget(profile, b) for b in job.budgets]
+    except ValueError as err:
+        raise StageError(str(err)) from None
+    name = job.run_name or f"family-{source.criterion}-{source.spec.name}-p{job.prunes}"
+    data = contract.data_of(source.prune_run)
     size = data.image_size or 32
-    with tracking.stage_run("family", experiment=experiment, run_name=name, tags=tags,
-                            parent_run_id=parent_run_id) as family_run:
+    with contract.stage_run(job, name, source.lineage_tags(), parent_run_id=parent_run_id,
+                            resume_run_id=resume_run_id) as family_run:
         family_id = family_run.info.run_id
-        tracking.log_params({"prune_run_id": source.run_id, "prunes": prunes,
-                             "budgets": list(budgets), "budget": budget,
-                             "profile": profile.to_json(), **vars(data), "seed": run.seed})
-        mlflow.log_text(spec_json(profile), "profile_arch.json")
+        tracking.log_params({"prune_run_id": source.run_id, "prunes": job.prunes,
+                             "budgets": list(job.budgets), "budget": job.budget,
+                             "profile": profile.to_json(), **vars(data), "seed": job.run.seed})
+        mlflow.log_text(spec_json(profile), contract.PROFILE_ARCH)
         rows = []
-        for params_budget, member in zip(budgets, members):
-            job = scratch_job(source, member, budget, data, stage="family-member", run=run,
-                              experiment=experiment, log_model=log_model,
-                              run_name=f"{name}-{params_budget}",
-                              tags={**lineage_tags(source), "mlprunes.family_run_id": family_id},
-                              extra_params={"prune_run_id": source.run_id, "prunes": prunes,
-                                            "params_budget": params_budget, "budget": budget})
+        for params_budget, spec in zip(job.budgets, members):
+            member = job.member(params_budget)
             # A member that finished in an earlier, interrupted family run is not retrained.
-            done = [r for r in tracking.runs_with_key(family_run.info.experiment_id, job.key)
+            done = [r for r in contract.runs_with_key(family_run.info.experiment_id, member.key)
                     if r.info.status == "FINISHED"]
             if done:
                 child_id = done[0].info.run_id
                 say(f"[family] budget {params_budget:,}: reusing finished run {child_id}")
             else:
-                child_id = run_training(job, parent_run_id=family_id)
-            counts = count(member, (size, size))
+                child_id = _train_member(member, spec, source, job, f"{name}-{params_budget}",
+                                         family_id)
+            counts = count(spec, (size, size))
             rows.append({"params_budget": params_budget, "run_id": child_id,
                          "params": counts.params, "flops": counts.flops,
-                         "mids": list(member.mids)})
-        with tracking.scratch_dir("family") as tmp:
-            with open(tmp / "family.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            mlflow.log_artifact(str(tmp / "family.csv"))
-        mlflow.set_tag("mlprunes.member_run_ids", ",".join(r["run_id"] for r in rows))
-    return family_id
+                         "mids": list(spec.mids)})
+        tracking.log_csv(rows, contract.FAMILY_TABLE, list(rows[0]))
+        mlflow.set_tag(contract.TAG_FAMILY_MEMBERS, ",".join(r["run_id"] for r in rows))
+        return family_id
+
+
+def _train_member(member, spec, source, job: FamilyJob, name: str, family_id: str) -> str:
+    prepared = prepare(pruned_training(source, spec, job.budget, job.run, job.log_model,
+                                       label=member.stage))
+    preset = contract.preset_of(source.base_run)
+    params = {"preset": preset, "prune_run_id": source.run_id, "prunes": job.prunes,
+              "params_budget": member.params_budget, "budget": job.budget}
+    tags = {**source.lineage_tags(), contract.TAG_PRESET: preset,
+            contract.TAG_FAMILY_RUN: family_id}
+    with contract.stage_run(member, name, tags, parent_run_id=family_id) as run:
+        train_in_run(prepared, run.info.run_id, name, params)
+        return run.info.run_id

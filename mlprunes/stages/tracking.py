@@ -1,7 +1,7 @@
-"""The MLflow boundary: opening a stage's run, resolving input runs, moving artifacts.
+"""MLflow plumbing: the client's settings, opening a run, reading one, moving artifacts.
 
-Everything MLflow-specific that the stages share lives here, so that the stages read as
-"resolve inputs, call the core, log".
+It knows MLflow, not mlprunes: what the tags and artifacts of a stage's run mean is the run
+contract's (`contract.py`).
 """
 
 from __future__ import annotations
@@ -11,24 +11,16 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-TAG_STAGE = "mlprunes.stage"
-TAG_BASE_RUN = "mlprunes.base_run_id"
-TAG_PRUNE_RUN = "mlprunes.prune_run_id"
-TAG_SOURCE_RUN = "mlprunes.source_run_id"
-TAG_PRESET = "mlprunes.preset"
-TAG_CONFIG = "mlprunes.config_key"
+from mlprunes.errors import StageError
+
 DEFAULT_EXPERIMENT = "mlprunes"
-
-
-class StageError(Exception):
-    """Bad input to a stage: reported as one line, with a non-zero exit, before any run starts."""
 
 
 def configure_client() -> None:
@@ -75,16 +67,12 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 @contextmanager
-def stage_run(stage: str, *, experiment: str, run_name: str, tags: dict[str, str],
-              parent_run_id: str | None = None, resume_run_id: str | None = None
-              ) -> Iterator[Run]:
-    """The stage's one MLflow run.
-
-    Under `mlflow run`, the run it made (MLFLOW_RUN_ID) is the one; otherwise a new run in
-    `experiment` (as a child of `parent_run_id`, for the pipeline), or `resume_run_id` reopened
-    to finish an interrupted stage. A failure marks the run FAILED and propagates.
-    """
-    all_tags = {TAG_STAGE: stage, **tags}
+def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
+             parent_run_id: str | None = None, resume_run_id: str | None = None
+             ) -> Iterator[Run]:
+    """A run to log into: under `mlflow run`, the run it made (MLFLOW_RUN_ID); otherwise a new
+    run in `experiment` (as a child of `parent_run_id`, for the pipeline), or `resume_run_id`
+    reopened to finish an interrupted job. A failure marks the run FAILED and propagates."""
     if resume_run_id is not None:
         run = mlflow.start_run(run_id=resume_run_id, nested=mlflow.active_run() is not None)
     elif parent_run_id is not None:
@@ -99,53 +87,26 @@ def stage_run(stage: str, *, experiment: str, run_name: str, tags: dict[str, str
         exp = mlflow.set_experiment(experiment)
         run = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name)
     with run:
-        mlflow.set_tags({**all_tags, "mlflow.runName": run_name})
+        mlflow.set_tags({**tags, "mlflow.runName": run_name})
         yield run
 
 
-def get_run(run_id: str, *, stage: str | tuple[str, ...] | None = None,
-            finished: bool = True) -> Run:
-    """The run with this ID, checked to be of the expected stage and finished."""
+def fetch_run(run_id: str) -> Run:
+    """The run with this ID, or one clear error."""
     try:
-        run = MlflowClient().get_run(run_id)
+        return MlflowClient().get_run(run_id)
     except MlflowException as err:
         if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "not found" in str(err).lower():
             raise StageError(f"no run with ID {run_id!r} in the tracking store at "
                              f"{mlflow.get_tracking_uri()}") from None
         raise StageError(f"cannot read run {run_id!r}: {str(err).splitlines()[0]}") from None
-    stages = (stage,) if isinstance(stage, str) else stage
-    actual = run.data.tags.get(TAG_STAGE)
-    if stages is not None and actual not in stages:
-        wanted = " or ".join(f"'{s}'" for s in stages)
-        raise StageError(f"run {run_id} is a {actual!r} run, not a {wanted} run"
-                         if actual else f"run {run_id} is not an mlprunes run (no "
-                         f"{TAG_STAGE} tag); expected a {wanted} run")
-    if finished and run.info.status != "FINISHED":
-        raise StageError(f"run {run_id} ({actual}) has status {run.info.status}, not FINISHED; "
-                         f"finish or re-run it first")
-    return run
 
 
-def runs_with_key(experiment_id: str, key: str) -> list[Run]:
-    """Runs tagged with this settings digest, newest first."""
+def runs_tagged(experiment_id: str, tag: str, value: str) -> list[Run]:
+    """Runs of an experiment with this tag value, newest first."""
     return MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_CONFIG}` = '{key}'",
+        [experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
         order_by=["attributes.start_time DESC"], max_results=50)
-
-
-def check_resumable(run_id: str, stage: str, key: str) -> None:
-    """Only an unfinished run of this stage, started with these same settings, is resumed."""
-    # A stage's own entry point under `mlflow run` already has a run to attach to; inside the
-    # pipeline (a run is active) a step may reopen an interrupted child.
-    if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
-        raise StageError("--resume-run-id cannot be used under `mlflow run`, which starts a "
-                         "run of its own; call `mlprunes` directly to resume")
-    run = get_run(run_id, stage=stage, finished=False)
-    if run.info.status == "FINISHED":
-        raise StageError(f"run {run_id} has already finished; there is nothing to resume")
-    if run.data.tags.get(TAG_CONFIG) != key:
-        raise StageError(f"run {run_id} was started with other settings; resume it with the "
-                         f"options it ran with (its params show them)")
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
@@ -174,3 +135,12 @@ def require_artifact(run_id: str, path: str) -> None:
 def scratch_dir(prefix: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix=f"mlprunes-{prefix}-") as d:
         yield Path(d)
+
+
+def log_csv(rows: Sequence[dict[str, Any]], name: str, columns: Sequence[str] | None = None,
+            artifact_path: str | None = None) -> None:
+    """A table as a CSV artifact of the active run."""
+    from mlprunes.report.table import write_csv
+
+    with scratch_dir("csv") as tmp:
+        mlflow.log_artifact(str(write_csv(rows, tmp / name, columns)), artifact_path)

@@ -1,0 +1,237 @@
+"""The run contract: what a stage's MLflow run is called, tagged and holds, and how later stages
+and the pipeline read it. Stages share nothing but this and run IDs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow.entities import Run
+
+from mlprunes.arch import ArchError, ArchSpec
+from mlprunes.counting import count_params
+from mlprunes.engine.checkpoint import CheckpointError, load_checkpoint
+from mlprunes.engine.recipes import Recipe
+from mlprunes.errors import StageError
+from mlprunes.jobs import KEY_VERSION, DataConfig, Job
+from mlprunes.pruning import spec_after
+from mlprunes.stages import tracking
+
+# -- stages ------------------------------------------------------------------------------------
+TRAIN, PRUNE, SCRATCH, FAMILY, FAMILY_MEMBER = "train", "prune", "scratch", "family", "family-member"
+EVALUATE, COMPARE, PIPELINE = "evaluate", "compare", "pipeline"
+TRAINED = (TRAIN, SCRATCH, FAMILY_MEMBER)          # runs holding a network trained from scratch
+EVALUABLE = (*TRAINED, PRUNE)
+STUDY_STAGES = (*EVALUABLE, EVALUATE)               # the runs a comparison is made of
+
+# -- tags --------------------------------------------------------------------------------------
+TAG_STAGE = "mlprunes.stage"
+TAG_CONFIG = "mlprunes.config_key"                  # the job's key: equal keys, reusable runs
+TAG_KEY_VERSION = "mlprunes.key_version"
+TAG_PRESET = "mlprunes.preset"
+TAG_CRITERION = "mlprunes.criterion"
+TAG_BASE_RUN = "mlprunes.base_run_id"
+TAG_PRUNE_RUN = "mlprunes.prune_run_id"
+TAG_SOURCE_RUN = "mlprunes.source_run_id"
+TAG_SOURCE_STAGE = "mlprunes.source_stage"
+TAG_FAMILY_RUN = "mlprunes.family_run_id"
+TAG_FAMILY_MEMBERS = "mlprunes.member_run_ids"
+TAG_PIPELINE_STEP = "mlprunes.pipeline_step"
+TAG_STUDY_RUNS = "mlprunes.study_run_ids"           # on a pipeline run: the runs it used
+TAG_STUDY_PARENT = "mlprunes.study_parent_run_id"   # on a compare run: the pipeline compared
+TAG_COMPARE_RUN = "mlprunes.compare_run_id"
+TAG_REUSED_RUNS = "mlprunes.reused_runs"
+TAG_COMPARED_RUNS = "mlprunes.compared_runs"
+
+# -- artifacts ---------------------------------------------------------------------------------
+CHECKPOINTS = "checkpoints"
+LAST = "checkpoints/last.pt"                        # each epoch, to resume training
+FINAL = "checkpoints/final.pt"                      # the trained (or pruned, compressed) network
+ARCH = "arch.json"
+PRUNE_HISTORY = "prune_history.json"
+PRUNING_CURVE = "pruning_curve.csv"
+PROFILE_ARCH = "profile_arch.json"
+FAMILY_TABLE = "family.csv"
+PIPELINE_TABLE = "pipeline_runs.csv"
+_PRUNE_CHECKPOINT = re.compile(r"checkpoints/prunes_(\d+)\.pt$")
+
+
+def prune_checkpoint(prunes: int) -> str:
+    """A prune run's masked checkpoint after `prunes` prunes."""
+    return f"{CHECKPOINTS}/prunes_{prunes:05d}.pt"
+
+
+# -- a stage's run -----------------------------------------------------------------------------
+
+@contextmanager
+def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
+              parent_run_id: str | None = None, resume_run_id: str | None = None,
+              experiment: str | None = None) -> Iterator[Run]:
+    """The job's one MLflow run, tagged with its stage and key."""
+    all_tags = {TAG_STAGE: job.stage, **tags}
+    if job.reusable:
+        all_tags.update({TAG_CONFIG: job.key, TAG_KEY_VERSION: str(KEY_VERSION)})
+    with tracking.open_run(experiment=experiment or job.run.experiment, run_name=run_name,
+                           tags=all_tags, parent_run_id=parent_run_id,
+                           resume_run_id=resume_run_id) as run:
+        yield run
+
+
+def get_run(run_id: str, *, stage: str | tuple[str, ...] | None = None,
+            finished: bool = True) -> Run:
+    """The run with this ID, checked to be of the expected stage and finished."""
+    run = tracking.fetch_run(run_id)
+    stages = (stage,) if isinstance(stage, str) else stage
+    actual = run.data.tags.get(TAG_STAGE)
+    if stages is not None and actual not in stages:
+        wanted = " or ".join(f"'{s}'" for s in stages)
+        raise StageError(f"run {run_id} is a {actual!r} run, not a {wanted} run"
+                         if actual else f"run {run_id} is not an mlprunes run (no "
+                         f"{TAG_STAGE} tag); expected a {wanted} run")
+    if finished and run.info.status != "FINISHED":
+        raise StageError(f"run {run_id} ({actual}) has status {run.info.status}, not FINISHED; "
+                         f"finish or re-run it first")
+    return run
+
+
+def runs_with_key(experiment_id: str, key: str) -> list[Run]:
+    """Runs tagged with this job key, newest first."""
+    return tracking.runs_tagged(experiment_id, TAG_CONFIG, key)
+
+
+def check_resumable(run_id: str, job: Job) -> None:
+    """Only an unfinished run of the job's stage, started with the same key, is resumed."""
+    import os
+
+    import mlflow
+
+    # A stage's own entry point under `mlflow run` already has a run to attach to; inside the
+    # pipeline (a run is active) a step may reopen an interrupted child.
+    if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
+        raise StageError("--resume-run-id cannot be used under `mlflow run`, which starts a "
+                         "run of its own; call `mlprunes` directly to resume")
+    run = get_run(run_id, stage=job.stage, finished=False)
+    if run.info.status == "FINISHED":
+        raise StageError(f"run {run_id} has already finished; there is nothing to resume")
+    if run.data.tags.get(TAG_CONFIG) != job.key:
+        raise StageError(f"run {run_id} was started with other settings; resume it with the "
+                         f"options it ran with (its params show them)")
+
+
+def can_resume(run_id: str, stage: str) -> bool:
+    """Whether an interrupted run of this stage saved what it needs to continue."""
+    if stage in TRAINED:
+        return LAST in tracking.list_artifacts(run_id, CHECKPOINTS)
+    if stage == PRUNE:
+        return bool(saved_prune_counts(run_id))
+    return False
+
+
+# -- reading what a finished run holds ---------------------------------------------------------
+
+def data_of(run: Run) -> DataConfig:
+    """The data a run was made with, so that later stages see the same."""
+    return DataConfig.from_params(run.data.params)
+
+
+def recipe_of(run: Run) -> Recipe:
+    """The training recipe a run logged."""
+    try:
+        return Recipe.from_params(run.data.params)
+    except (KeyError, ValueError) as err:
+        raise StageError(f"cannot read the training recipe from run {run.info.run_id}'s params "
+                         f"({err})") from None
+
+
+def preset_of(run: Run) -> str:
+    """The recipe preset a run trained with (later stages default to its fine-tuning twin)."""
+    return run.data.tags.get(TAG_PRESET) or run.data.params.get("arch", "wrn")
+
+
+def saved_prune_counts(run_id: str) -> list[int]:
+    """The prune counts at which a prune run saved a masked checkpoint."""
+    found = (_PRUNE_CHECKPOINT.search(p) for p in tracking.list_artifacts(run_id, CHECKPOINTS))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def load_run_checkpoint(run_id: str, artifact: str, tmp: Path,
+                        map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint artifact of a run, read safely; errors name the run and the artifact."""
+    path = tracking.download_artifact(run_id, artifact, tmp)
+    try:
+        return load_checkpoint(path, map_location=map_location)
+    except CheckpointError as err:
+        raise StageError(f"run {run_id}'s {artifact}: {str(err).replace(str(path), 'file')}"
+                         ) from None
+
+
+def arch_params(spec: ArchSpec) -> dict[str, Any]:
+    """The architecture as options (`arch` is the family, as on the command line) and as the
+    full description (`arch_spec`, JSON)."""
+    options = {"arch": spec.family, "depth": spec.depth, "num_classes": spec.num_classes}
+    if spec.family == "wrn":
+        options["width"] = spec.width
+    else:
+        options.update(growth=spec.growth, reduction=spec.reduction)
+    return {**options, "arch_spec": spec.to_json()}
+
+
+@dataclass
+class PrunedSource:
+    """What a finished prune run offers: its starting network, history and base run."""
+    prune_run: Run
+    base_run: Run
+    spec: ArchSpec
+    history: list[int]
+
+    @property
+    def run_id(self) -> str:
+        return self.prune_run.info.run_id
+
+    @property
+    def criterion(self) -> str:
+        return self.prune_run.data.params.get("criterion", "pruned")
+
+    def spec_at(self, prunes: int) -> ArchSpec:
+        if not 0 <= prunes <= len(self.history):
+            raise StageError(
+                f"--prunes {prunes} is beyond what prune run {self.run_id} saved: its history "
+                f"has {len(self.history)} prunes")
+        return spec_after(self.spec, self.history[:prunes])
+
+    def prunes_for_budget(self, params_budget: int) -> int:
+        """The fewest prunes at which the network has at most `params_budget` parameters."""
+        for n in range(len(self.history) + 1):
+            if count_params(self.spec_at(n)) <= params_budget:
+                return n
+        smallest = count_params(self.spec_at(len(self.history)))
+        raise StageError(
+            f"--params-budget {params_budget:,} is below the smallest network prune run "
+            f"{self.run_id} reached ({smallest:,} params after {len(self.history)} prunes)")
+
+    def lineage_tags(self) -> dict[str, str]:
+        return {TAG_PRUNE_RUN: self.run_id, TAG_BASE_RUN: self.base_run.info.run_id,
+                TAG_CRITERION: self.prune_run.data.params.get("criterion", "")}
+
+
+def load_pruned_source(prune_run_id: str) -> PrunedSource:
+    run = get_run(prune_run_id, stage=PRUNE)
+    base = get_run(run.data.tags.get(TAG_BASE_RUN, ""), stage=TRAIN, finished=False)
+    with tracking.scratch_dir("source") as tmp:
+        history_text = tracking.download_artifact(prune_run_id, PRUNE_HISTORY, tmp).read_text()
+        arch_text = tracking.download_artifact(prune_run_id, ARCH, tmp).read_text()
+    try:
+        history = json.loads(history_text)
+        if not isinstance(history, list):
+            raise ValueError("not a list")
+        history = [int(i) for i in history]
+        spec = ArchSpec.from_json(arch_text)
+    except (ValueError, TypeError, ArchError) as err:
+        raise StageError(f"prune run {prune_run_id}'s {PRUNE_HISTORY} or {ARCH} is not valid "
+                         f"({err})") from None
+    return PrunedSource(run, base, spec, history)

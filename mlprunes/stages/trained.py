@@ -1,0 +1,174 @@
+"""The run of a network trained from a fresh init (`train`, `scratch`, each family member), and
+the final logging every network-making stage ends with (`prune` too).
+
+`pruned_training` says how to train a network derived from a prune run (`scratch`, `family`).
+
+`prepare` does everything that can fail on bad input before a run is opened; `train_in_run`
+trains inside the open run, logging per-epoch curves and resumable checkpoints, and finishes with
+the test metrics, the final checkpoint and the logged model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from mlprunes.arch import ArchSpec
+from mlprunes.counting import count, size_metrics, training_macs
+from mlprunes.data import DataSplits
+from mlprunes.engine.checkpoint import make_checkpoint, save_checkpoint
+from mlprunes.engine.evaluate import evaluate
+from mlprunes.engine.recipes import Recipe
+from mlprunes.engine.trainer import Trainer, fit, seed_everything
+from mlprunes.errors import StageError
+from mlprunes.jobs import DataConfig, RunConfig
+from mlprunes.nets import build
+from mlprunes.stages import contract, tracking
+from mlprunes.stages.contract import PrunedSource
+from mlprunes.stages.common import (Loaders, check_batches, load_splits, make_loaders, say,
+                                    spec_json)
+
+
+@dataclass(frozen=True)
+class Training:
+    """One network to train, everything resolved."""
+    spec: ArchSpec
+    recipe: Recipe
+    data: DataConfig
+    run: RunConfig
+    label: str                 # the stage, for progress lines
+    checkpoint_every: int = 1
+    log_model: bool = True
+
+
+@dataclass
+class Prepared:
+    training: Training
+    splits: DataSplits
+    loaders: Loaders
+    trainer: Trainer
+
+
+def prepare(training: Training) -> Prepared:
+    """Data, network and trainer, ready to train: bad data is an error before any run exists."""
+    splits = load_splits(training.data)
+    spec = training.spec
+    if spec.num_classes != splits.num_classes:
+        raise StageError(
+            f"the network has {spec.num_classes} classes but {training.data.dataset} has "
+            f"{splits.num_classes}; drop --num-classes or set it to {splits.num_classes}")
+    seed_everything(training.run.seed)
+    model = build(spec)
+    loaders = make_loaders(splits, training.recipe.batch_size, training.run)
+    check_batches(loaders)
+    run = training.run
+    trainer = Trainer(model, training.recipe, loaders.train, precision=run.precision,
+                      channels_last=run.channels_last, compile=run.compile,
+                      progress=run.progress, desc=training.label)
+    return Prepared(training, splits, loaders, trainer)
+
+
+def training_params(training: Training) -> dict[str, Any]:
+    """Everything a training run logs as params (stages add their own)."""
+    run = training.run
+    return {**training.recipe.to_dict(), **vars(training.data), "seed": run.seed,
+            "precision": run.precision, **contract.arch_params(training.spec),
+            "device": run.device, "compile": run.compile, "channels_last": run.channels_last,
+            "log_model": training.log_model, "checkpoint_every": training.checkpoint_every}
+
+
+def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, Any],
+                 resume: bool = False) -> dict[str, float]:
+    """Train in the open run `run_id` (continuing its last checkpoint if `resume`); return the
+    final metrics."""
+    t, trainer, loaders = prepared.training, prepared.trainer, prepared.loaders
+    image_size = prepared.splits.image_size
+    with tracking.scratch_dir(t.label) as tmp:
+        if resume:
+            checkpoint = contract.load_run_checkpoint(run_id, contract.LAST, tmp / "resume",
+                                                      map_location=trainer.device)
+            if checkpoint["spec"] != trainer.model.spec:
+                raise StageError(f"cannot resume run {run_id}: its checkpoint is a different "
+                                 f"network")
+            trainer.load_state_dict({"model": checkpoint["model"], **checkpoint["trainer"]})
+            say(f"resuming run {run_id} after epoch {trainer.position.epoch}")
+        else:
+            tracking.log_params({**training_params(t), **params})
+            mlflow.log_text(spec_json(t.spec), contract.ARCH)
+            mlflow.log_metrics(size_metrics(t.spec, image_size), step=0)
+        say(f"[{t.label}] {name}: {t.spec.name}, "
+            f"{size_metrics(t.spec, image_size)['params']:,.0f} params, {t.recipe.epochs} "
+            f"epochs on {t.data.dataset} ({len(prepared.splits.train)} images), run {run_id}")
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            say(f"[{t.label}] epoch {epoch}/{t.recipe.epochs} "
+                f"loss {metrics['train_loss']:.3f} train err {metrics['train_error']:.2f}% "
+                f"val err {metrics.get('val_error', float('nan')):.2f}% "
+                f"({metrics['images_per_second']:.0f} img/s)")
+            if epoch % t.checkpoint_every == 0 and epoch < t.recipe.epochs:
+                checkpoint = make_checkpoint(trainer.model, trainer_state=trainer.state_dict())
+                path = save_checkpoint(checkpoint, tmp / Path(contract.LAST).name)
+                mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+
+        fit(trainer, loaders.eval, callbacks=[log_epoch])
+        spent = training_macs(count(t.spec, image_size).flops,
+                              trainer.position.step * t.recipe.batch_size)
+        return log_final(trainer.model, trainer.amp_dtype, loaders, image_size, tmp,
+                         t.log_model, step=trainer.position.epoch, train_macs=spent)
+
+
+def log_final(model: torch.nn.Module, amp_dtype, loaders: Loaders, image_size, tmp: Path,
+              log_model: bool, step: int, train_macs: float) -> dict[str, float]:
+    """Test metrics, sizes, training cost, the final checkpoint and the logged model."""
+    result = evaluate(model, loaders.test, amp_dtype)
+    metrics = {"test_error": result["error"], "test_top5_error": result["top5_error"],
+               "test_loss": result["loss"], "train_macs": train_macs,
+               **size_metrics(model.spec, image_size)}
+    mlflow.log_metrics(metrics, step=step)
+    checkpoint = make_checkpoint(model, meta={"test_error": result["error"]})
+    path = save_checkpoint(checkpoint, tmp / Path(contract.FINAL).name)
+    mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+    if log_model:
+        log_network(model, image_size)
+    say(f"test error {result['error']:.2f}% (top-5 {result['top5_error']:.2f}%), "
+        f"{metrics['params']:,.0f} params, {metrics['flops']:,.0f} MACs")
+    return metrics
+
+
+def log_network(model: torch.nn.Module, image_size) -> None:
+    """The final network as an MLflow model, with an input example (batch 2: a batch-1 example
+    would freeze the exported batch size)."""
+    import mlflow.pytorch
+
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    example = np.zeros((2, 3, *image_size), dtype=np.float32)
+    mlflow.pytorch.log_model(model, name="model", input_example=example,
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                               "mlprunes"])
+
+
+def pruned_training(source: PrunedSource, spec: ArchSpec, budget: str, run: RunConfig,
+                    log_model: bool, label: str) -> Training:
+    """How to train a network derived from a prune run: its base run's recipe and data, with
+    the epochs the budget gives."""
+    data = contract.data_of(source.prune_run)
+    recipe = contract.recipe_of(source.base_run)
+    size = data.image_size or 32
+    recipe = replace(recipe, epochs=scratch_epochs(recipe, source.spec, spec, budget,
+                                                   (size, size)))
+    return Training(spec, recipe, data, run, label=label, log_model=log_model)
+
+
+def scratch_epochs(base: Recipe, base_spec: ArchSpec, spec: ArchSpec, budget: str,
+                   image_size) -> int:
+    if budget == "scratch-e":
+        return base.epochs
+    # Scratch-B: the same training compute as the base network (FLOPs x epochs).
+    ratio = count(base_spec, image_size).flops / max(1, count(spec, image_size).flops)
+    return max(1, int(round(base.epochs * ratio)))
