@@ -19,13 +19,14 @@ from mlprunes.arch import ArchSpec
 from mlprunes.engine.recipes import Recipe, preset
 from mlprunes.errors import StageError
 from mlprunes.pruning.loop import PruneSchedule
+from mlprunes.pruning.saliency import CRITERIA as SALIENCY_CRITERIA
 
 # Part of every key: bumped when what a key means changes, so that runs made by an older
 # mlprunes are never taken for runs of the new one (they are re-run, not half-reused).
 KEY_VERSION = 2
 
 BUDGETS = ("scratch-e", "scratch-b")
-CRITERIA = ("fisher", "l1", "random")
+CRITERIA = tuple(SALIENCY_CRITERIA)       # the pruning criteria a job may name
 
 
 @dataclass(frozen=True)

@@ -68,14 +68,32 @@ def stages_count():
     return counts
 
 
+def dry_run_table(result) -> dict[str, list[str]]:
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    lines = result.stdout.strip().splitlines()
+    return {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
+
+
 def test_the_pipeline_run_twice_reuses_every_finished_run(store, tmp_path):
     client = MlflowClient()
+    planned = dry_run_table(cli("pipeline", "--preset", "tiny", "--dry-run"))
+    assert all_runs() == []  # a dry run runs and logs nothing
+    assert list(planned)[0] == "base" and list(planned)[-1] == "compare"
+    assert all("to run" in " ".join(row) for row in planned.values())
+    assert planned["base"][-1] == "-" and planned["prune-fisher"][-1] == "base"
+    assert planned["scratch-fisher-p12"][1] == "(after"   # its key needs the prune run's ID
+
     first = cli("pipeline", "--preset", "tiny", "--no-progress").run_id
     after_first = stages_count()
     assert after_first["train"] == 2 and after_first["prune"] == 1
     assert after_first["family-member"] == 1 and after_first["evaluate"] == 4
     first_steps = read_csv(read_artifact_text(first, "pipeline_runs.csv", tmp_path / "a"))
     assert {s["how"] for s in first_steps} == {"new"}
+    assert [s["step"] for s in first_steps] == list(planned)
+    replanned = dry_run_table(cli("pipeline", "--preset", "tiny", "--dry-run"))
+    for step in first_steps[:-1]:
+        assert replanned[step["step"]][2:4] == ["finished", step["run_id"]]
+    assert replanned["compare"][2:] == ["to", "run", "(always)", *replanned["compare"][5:]]
 
     second = cli("pipeline", "--preset", "tiny", "--no-progress").run_id
     after_second = stages_count()

@@ -4,7 +4,7 @@ For p = 0 .. N prunes done: fine-tune `prune_every` steps (recovering from the l
 the saliency of the next one accumulates), validate every `val_every` prunes (and at the start
 and end), save every `save_every` prunes (and at the end), then prune one channel. The loop
 reports through callbacks, as `fit` does: each validation point to `on_point`, each checkpoint to
-`on_save`. A checkpoint holds everything the loop needs (weights, masks, optimiser, data
+`on_save` (its tensors are the live model's: write it out before returning). A checkpoint holds everything the loop needs (weights, masks, optimiser, data
 position, saliency, RNG, history, curve), so `restore` continues a killed loop where it saved and
 it ends with the same history as an uninterrupted one.
 """

@@ -10,6 +10,7 @@ child of the pipeline that first made it.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import mlflow
@@ -71,8 +72,12 @@ def _base_spec(plan_: StudyPlan):
 def dry_run(plan_: StudyPlan, preset: str, run: RunConfig) -> list[PlannedStep]:
     """The study's graph and what running it now would do; nothing is run or logged."""
     graph = study_graph(plan_, preset, run, _base_spec(plan_))
-    exp = MlflowClient().get_experiment_by_name(run.experiment)
-    store = MlflowRunStore(exp.experiment_id) if exp is not None else _NoStore()
+    # Under `mlflow run`, the study lives in the experiment MLflow chose.
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if exp_id is None:
+        exp = MlflowClient().get_experiment_by_name(run.experiment)
+        exp_id = exp.experiment_id if exp is not None else None
+    store = MlflowRunStore(exp_id) if exp_id is not None else _NoStore()
     return plan(graph, store)
 
 

@@ -1,0 +1,128 @@
+"""A study as a graph of jobs and the sequential executor, with a store and stages faked in
+memory: dependency order, reuse, resume, and the dry run's plan."""
+
+import pytest
+
+from mlprunes import arch
+from mlprunes.jobs import CompareJob, EvaluateJob, PruneJob, RunConfig, ScratchJob, TrainJob
+from mlprunes.engine.recipes import preset
+from mlprunes.study.executor import NEW, RESUMED, REUSED, SequentialExecutor, plan
+from mlprunes.study.graph import Graph
+from mlprunes.study.plans import PLANS, study_graph
+
+
+class FakeStore:
+    def __init__(self):
+        self.finished_runs = {}   # key -> run ID
+        self.interrupted = {}
+
+    def finished(self, job):
+        return self.finished_runs.get(job.key)
+
+    def resumable(self, job):
+        return self.interrupted.get(job.key)
+
+
+class FakeStages:
+    """Records launches; a launched job's run finishes and lands in the store."""
+
+    def __init__(self, store):
+        self.store = store
+        self.launched = []
+
+    def __call__(self, job, parent_run_id, resume_run_id):
+        assert job.refs() == [], "a job is launched only once its inputs are run IDs"
+        run_id = resume_run_id or f"run{len(self.launched)}"
+        self.launched.append((job, parent_run_id, resume_run_id))
+        if job.reusable:
+            self.store.finished_runs[job.key] = run_id
+        return run_id
+
+
+def small_study():
+    graph = Graph()
+    base = graph.add("base", TrainJob(spec=arch.wrn(10, 1, num_classes=10),
+                                      recipe=preset("wrn").override(epochs=1)))
+    pruned = graph.add("prune", PruneJob(base_run_id=base, prunes=4, prune_every=2))
+    graph.add("scratch", ScratchJob(prune_run_id=pruned, prunes=4))
+    graph.add("evaluate", EvaluateJob(run_id=pruned))
+    graph.add("compare", CompareJob(), after=tuple(graph.names))
+    return graph
+
+
+def test_jobs_run_after_what_they_need_with_their_inputs_resolved():
+    store = FakeStore()
+    stages = FakeStages(store)
+    steps = SequentialExecutor(log=lambda m: None).run(small_study(), stages, store,
+                                                       parent_run_id="parent")
+    assert [s.node for s in steps] == ["base", "prune", "scratch", "evaluate", "compare"]
+    assert all(s.how == NEW for s in steps)
+    jobs = {s.node: job for s, (job, _, _) in zip(steps, stages.launched)}
+    assert jobs["prune"].base_run_id == "run0"
+    assert jobs["scratch"].prune_run_id == "run1" and jobs["evaluate"].run_id == "run1"
+    assert {parent for _, parent, _ in stages.launched} == {"parent"}
+
+
+def test_a_second_run_reuses_finished_jobs_and_resumes_interrupted_ones():
+    store = FakeStore()
+    SequentialExecutor(log=lambda m: None).run(small_study(), FakeStages(store), store)
+    # The prune run is lost but its interrupted twin is there; the rest finished.
+    graph = small_study()
+    prune_job = graph["prune"].job.resolved({"base": "run0"})
+    del store.finished_runs[prune_job.key]
+    store.interrupted[prune_job.key] = "half-done"
+    again = FakeStages(store)
+    steps = SequentialExecutor(log=lambda m: None).run(graph, again, store)
+    how = {s.node: s.how for s in steps}
+    # Jobs downstream of the resumed run take it as input: other keys, so they run anew.
+    assert how == {"base": REUSED, "prune": RESUMED, "scratch": NEW, "evaluate": NEW,
+                   "compare": NEW}
+    assert [(j.stage, resume) for j, _, resume in again.launched] == [
+        ("prune", "half-done"), ("scratch", None), ("evaluate", None), ("compare", None)]
+    assert again.launched[1][0].prune_run_id == "half-done"
+    third = FakeStages(store)
+    steps = SequentialExecutor(log=lambda m: None).run(small_study(), third, store)
+    assert [s.how for s in steps] == [REUSED] * 4 + [NEW]
+    assert [j.stage for j, _, _ in third.launched] == ["compare"]
+
+
+def test_the_plan_shows_keys_once_inputs_exist_and_runs_nothing():
+    store = FakeStore()
+    first = plan(small_study(), store)
+    assert [(p.node, p.status) for p in first] == [
+        ("base", "to run"), ("prune", "to run"), ("scratch", "to run"), ("evaluate", "to run"),
+        ("compare", "to run")]
+    assert first[0].key is not None and all(p.key is None for p in first[1:])
+    assert first[2].needs == ("prune",) and first[4].needs == ("base", "prune", "scratch",
+                                                               "evaluate")
+    SequentialExecutor(log=lambda m: None).run(small_study(), FakeStages(store), store)
+    second = plan(small_study(), store)
+    assert [p.status for p in second] == ["finished"] * 4 + ["to run (always)"]
+    assert all(p.key for p in second)
+
+
+def test_a_graph_refuses_duplicates_and_jobs_before_their_inputs():
+    graph = Graph()
+    graph.add("base", TrainJob(spec=arch.wrn(10, 1, num_classes=10), recipe=preset("wrn")))
+    with pytest.raises(ValueError, match="already has a job named 'base'"):
+        graph.add("base", TrainJob(spec=arch.wrn(10, 1, num_classes=10), recipe=preset("wrn")))
+    with pytest.raises(ValueError, match="needs prune-l1"):
+        from mlprunes.jobs import Ref
+        graph.add("scratch", ScratchJob(prune_run_id=Ref("prune-l1"), prunes=3))
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_every_preset_makes_a_graph_whose_jobs_need_only_earlier_jobs(name):
+    study = PLANS[name]
+    spec = arch.make_spec(**study.arch, num_classes=10)
+    graph = study_graph(study, name, RunConfig(), spec)
+    names = graph.names
+    assert names[0] == "base" and names[-1] == "compare"
+    for node in graph:
+        assert all(names.index(n) < names.index(node.name) for n in node.needs)
+    stages = [node.job.stage for node in graph]
+    assert stages.count("prune") == len(study.criteria)
+    assert stages.count("scratch") == len(study.criteria) * len(study.scratch_prunes)
+    assert stages.count("train") == 1 + len(study.baselines)
+    assert graph["scratch-" + study.criteria[0] + f"-p{study.scratch_prunes[0]}"].needs == (
+        "prune-" + study.criteria[0],)
