@@ -156,15 +156,13 @@ def key_settings(value: Any) -> Any:
 
 
 class Job:
-    """What all jobs share: a stage name, a key, input runs and a run name."""
+    """What all jobs share: a stage name, a key, and input runs."""
     stage: ClassVar[str]
     reusable: ClassVar[bool] = True   # may a finished run with the same key stand in for it?
 
     @property
     def key(self) -> str:
-        settings = {f.name: key_settings(getattr(self, f.name)) for f in fields(self)
-                    if f.metadata.get("key", True)}
-        text = json.dumps({"stage": self.stage, "key_version": KEY_VERSION, **settings,
+        text = json.dumps({"stage": self.stage, "key_version": KEY_VERSION, **key_settings(self),
                            **self.key_extra()}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -194,21 +192,6 @@ class Job:
                 return tuple(sub(v) for v in value)
             return value
         return replace(self, **{name: sub(value) for name, value in self.inputs().items()})
-
-    def describe(self) -> str:
-        """One line for logs and dry runs."""
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get("key", True) and not is_dataclass(value) and value is not None:
-                shown.append(f"{f.name}={_short(value)}")
-        return " ".join(shown)
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(_short(v) for v in value)
-    return str(value)
 
 
 def _at_least(job: Job, names: tuple[str, ...], low: int) -> None:

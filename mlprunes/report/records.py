@@ -45,13 +45,6 @@ class RunRecord:
     curve: list[CurvePoint] = field(default_factory=list)
     group: str = ""
 
-    @property
-    def lineage(self) -> str:
-        parts = [f"{label} {rid[:8]}" for label, rid in (
-            ("base", self.base_run_id), ("pruned by", self.prune_run_id),
-            ("of", self.source_run_id)) if rid]
-        return ", ".join(parts)
-
 
 def criterion_name(criterion: str) -> str:
     return CRITERION_NAMES.get(criterion, criterion.capitalize() if criterion else "Pruned")

@@ -114,9 +114,9 @@ def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> R
         prune_run_id=tags.get(contract.TAG_PRUNE_RUN, ""),
         source_run_id=tags.get(contract.TAG_SOURCE_RUN, ""),
         parent_run_id=tags.get("mlflow.parentRunId", ""))
-    if stage in ("train", "scratch", "family-member"):
+    if stage in contract.TRAINED:
         record.epochs = _float(params.get("epochs"))
-    elif stage == "prune":
+    elif stage == contract.PRUNE:
         base_epochs = epochs_of.get(record.base_run_id)
         if base_epochs is None and record.base_run_id:
             try:
@@ -125,7 +125,7 @@ def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> R
                 base_epochs = None
         record.curve = _curve(client, run, base_epochs or 0.0)
         record.epochs = record.curve[-1].epochs if record.curve else None
-    elif stage == "evaluate":
+    elif stage == contract.EVALUATE:
         record.latency_ms = metrics.get("latency_compressed_b1_ms")
         record.latency_masked_ms = metrics.get("latency_masked_b1_ms")
     return record
@@ -134,7 +134,7 @@ def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> R
 def build_records(runs: list[Run]) -> list:
     client = MlflowClient()
     epochs_of = {r.info.run_id: _float(r.data.params.get("epochs")) for r in runs
-                 if r.data.tags.get(TAG_STAGE) == "train"}
+                 if r.data.tags.get(TAG_STAGE) == contract.TRAIN}
     return assign_groups([record_for(client, r, epochs_of) for r in runs])
 
 
