@@ -193,3 +193,15 @@ def test_a_prune_process_killed_with_sigkill_resumes_to_the_same_history(store, 
     history = [json.loads(read_artifact_text(r, "prune_history.json", tmp_path / r))
                for r in (straight, run_id)]
     assert len(history[0]) == 40 and history[0] == history[1]
+
+
+def test_runs_keyed_by_an_older_mlprunes_are_named_and_not_reused(store):
+    """Keys carry a version: a store made before it is re-run beside, never half-reused."""
+    client = MlflowClient()
+    exp = client.create_experiment("mlprunes")
+    old = client.create_run(exp, tags={"mlprunes.stage": "train",
+                                       "mlprunes.config_key": "0123456789abcdef0123"})
+    client.set_terminated(old.info.run_id, "FINISHED")
+    result = cli("pipeline", "--preset", "tiny", "--dry-run")
+    assert "1 run(s) in this experiment were keyed by an older mlprunes" in result.stderr
+    assert result.stdout.strip().splitlines()[-1].endswith("0 finished, 0 to resume, 10 to run")

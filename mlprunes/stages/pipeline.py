@@ -77,8 +77,10 @@ def dry_run(plan_: StudyPlan, preset: str, run: RunConfig) -> list[PlannedStep]:
     if exp_id is None:
         exp = MlflowClient().get_experiment_by_name(run.experiment)
         exp_id = exp.experiment_id if exp is not None else None
-    store = MlflowRunStore(exp_id) if exp_id is not None else _NoStore()
-    return plan(graph, store)
+    if exp_id is None:
+        return plan(graph, _NoStore())
+    _warn_about_old_keys(exp_id)
+    return plan(graph, MlflowRunStore(exp_id))
 
 
 def run_pipeline(plan_: StudyPlan, preset: str, run: RunConfig,
