@@ -402,10 +402,12 @@ def print_plan(steps) -> None:
     """The dry run's table: one job a line, in the order they would run."""
     width = max(len(s.node) for s in steps)
     click.echo(f"{'job':<{width}}  {'stage':<8}  {'key':<20}  {'status':<16}  needs")
-    for s in steps:
+    for i, s in enumerate(steps):
         status = s.status + (f" {s.run_id}" if s.run_id else "")
+        everything = i > 1 and list(s.needs) == [p.node for p in steps[:i]]
+        needs = "(all above)" if everything else ",".join(s.needs) or "-"
         click.echo(f"{s.node:<{width}}  {s.stage:<8}  {s.key or '(after inputs)':<20}  "
-                   f"{status:<16}  {','.join(s.needs) or '-'}")
+                   f"{status:<16}  {needs}")
     counts = {st: sum(s.status == st for s in steps) for st in ("finished", "would resume")}
     click.echo(f"{len(steps)} jobs: {counts['finished']} finished, {counts['would resume']} "
                f"to resume, {len(steps) - sum(counts.values())} to run")
