@@ -18,12 +18,10 @@ from mlprunes.data import DATASETS
 from mlprunes.engine.checkpoint import CheckpointError
 from mlprunes.engine.trainer import PRECISIONS
 from mlprunes.errors import StageError
-from mlprunes.jobs import (BUDGETS, CRITERIA, CompareJob, DataChoice, DataConfig, EvaluateJob,
-                           FamilyJob, PruneJob, RecipeChoice, RunConfig, ScratchJob, TrainJob)
+from mlprunes.jobs import (BUDGETS, CRITERIA, DEFAULT_EXPERIMENT, CompareJob, DataChoice,
+                           DataConfig, EvaluateJob, FamilyJob, PruneJob, RecipeChoice,
+                           RunConfig, ScratchJob, TrainJob)
 from mlprunes.pruning import PruningError
-
-DEFAULT_EXPERIMENT = RunConfig().experiment
-
 
 class NumberList(click.ParamType):
     """A comma-separated list of numbers, e.g. 0.3,0.6,0.8."""

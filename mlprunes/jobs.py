@@ -26,6 +26,7 @@ from mlprunes.pruning.saliency import CRITERIA as SALIENCY_CRITERIA
 KEY_VERSION = 2
 
 BUDGETS = ("scratch-e", "scratch-b")
+DEFAULT_EXPERIMENT = "mlprunes"
 CRITERIA = tuple(SALIENCY_CRITERIA)       # the pruning criteria a job may name
 
 
@@ -128,7 +129,7 @@ class RunConfig:
     compile: bool = False
     seed: int = 0
     progress: bool = True
-    experiment: str = "mlprunes"
+    experiment: str = DEFAULT_EXPERIMENT
 
     def key_settings(self) -> dict[str, Any]:
         """Of how a job runs, what changes its result: the seed, and the precision as it takes
@@ -257,6 +258,7 @@ class ScratchJob(Job):
     prunes: int | None = None                 # the architecture after this many prunes,
     params_budget: int | None = None          # or the first with at most this many params
     budget: str = "scratch-e"
+    data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
     log_model: bool = setting(True)
@@ -276,6 +278,7 @@ class FamilyJob(Job):
     prunes: int = 0
     budgets: tuple[int, ...] = ()
     budget: str = "scratch-e"
+    data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
     log_model: bool = setting(True)
@@ -289,7 +292,8 @@ class FamilyJob(Job):
 
     def member(self, params_budget: int) -> "FamilyMemberJob":
         return FamilyMemberJob(prune_run_id=self.prune_run_id, prunes=self.prunes,
-                               params_budget=params_budget, budget=self.budget, run=self.run)
+                               params_budget=params_budget, budget=self.budget, data=self.data,
+                               run=self.run)
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,7 @@ class FamilyMemberJob(Job):
     prunes: int = 0
     params_budget: int = 0
     budget: str = "scratch-e"
+    data: DataChoice = DataChoice()
     run: RunConfig = RunConfig()
 
 

@@ -67,7 +67,8 @@ def test_a_restored_loop_ends_as_the_uninterrupted_one():
             if point["prunes"] == 6:
                 raise KeyboardInterrupt
         prune_while_finetuning(first, first_pruner, schedule, evaluation, (12, 12),
-                               on_point=[die], on_save=[lambda p, c: saved.update({p: copy.deepcopy(c)})])
+                               on_point=[die],
+                               on_save=[lambda p, c: saved.update({p: copy.deepcopy(c)})])
     assert list(saved) == [4]
 
     again, again_pruner, _ = setup(init_seed=123)  # everything must come from the checkpoint

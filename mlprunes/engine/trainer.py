@@ -2,9 +2,9 @@
 
 `train_step` is one SGD step (forward, loss, backward, update). `Trainer` owns the model, the
 optimiser and the position in the data stream (epoch, batch, step); `train_steps(n)` and
-`train_epoch()` advance it, crossing epoch boundaries as the stream does. `fit` is the epoch loop around it that
-evaluates and reports each epoch to callbacks (through which the stages log and checkpoint,
-without the loop knowing about MLflow).
+`train_epoch()` advance it, crossing epoch boundaries as the stream does. `fit` is the epoch
+loop around it that evaluates and reports each epoch to callbacks (through which the stages log
+and checkpoint, without the loop knowing about MLflow).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ For p = 0 .. N prunes done: fine-tune `prune_every` steps (recovering from the l
 the saliency of the next one accumulates), validate every `val_every` prunes (and at the start
 and end), save every `save_every` prunes (and at the end), then prune one channel. The loop
 reports through callbacks, as `fit` does: each validation point to `on_point`, each checkpoint to
-`on_save` (its tensors are the live model's: write it out before returning). A checkpoint holds everything the loop needs (weights, masks, optimiser, data
-position, saliency, RNG, history, curve), so `restore` continues a killed loop where it saved and
-it ends with the same history as an uninterrupted one.
+`on_save` (its tensors are the live model's: write it out before returning). A checkpoint holds
+everything the loop needs (weights, masks, optimiser, data position, saliency, RNG, history,
+curve), so `restore` continues a killed loop where it saved and it ends with the same history
+as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def loop_checkpoint(p: int, trainer: Trainer, pruner: Pruner,
                                  "curve": list(curve)})
 
 
-def restore(checkpoint: dict[str, Any], trainer: Trainer, pruner: Pruner) -> tuple[int, list[Point]]:
+def restore(checkpoint: dict[str, Any], trainer: Trainer,
+            pruner: Pruner) -> tuple[int, list[Point]]:
     """Put the trainer and pruner back where a loop checkpoint left them; return (prunes done,
     curve so far) to pass on as `start` and `curve`."""
     trainer.load_state_dict({"model": checkpoint["model"], **checkpoint["trainer"]})

@@ -15,7 +15,7 @@ from mlprunes.report.plots import draw_all
 from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
 from mlprunes.report.table import rows, write_csv
 from mlprunes.errors import StageError
-from mlprunes.jobs import CompareJob
+from mlprunes.jobs import DEFAULT_EXPERIMENT, CompareJob
 from mlprunes.stages import contract, tracking
 from mlprunes.stages.contract import STUDY_STAGES, TAG_STAGE
 
@@ -34,7 +34,7 @@ def gather_runs(experiment: str | None = None, run_ids: Sequence[str] = (),
         if not listed:
             raise StageError(f"pipeline run {parent_run_id} lists no study runs yet")
         return _study_runs(_with_family_members(_existing(listed)))
-    exp = client.get_experiment_by_name(experiment or tracking.DEFAULT_EXPERIMENT)
+    exp = client.get_experiment_by_name(experiment or DEFAULT_EXPERIMENT)
     if exp is None:
         raise StageError(f"no experiment named {experiment!r} in the tracking store at "
                                   f"{mlflow.get_tracking_uri()}")
@@ -147,7 +147,7 @@ def current_experiment() -> str:
         exp = mlflow.get_experiment(exp_id)
         if exp is not None:
             return exp.name
-    return tracking.DEFAULT_EXPERIMENT
+    return DEFAULT_EXPERIMENT
 
 
 def run(job: CompareJob, parent_run_id: str | None = None,

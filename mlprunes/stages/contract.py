@@ -5,12 +5,14 @@ and the pipeline read it. Stages share nothing but this and run IDs.
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import mlflow
 from mlflow.entities import Run
 
 from mlprunes.arch import ArchError, ArchSpec
@@ -23,8 +25,8 @@ from mlprunes.pruning import spec_after
 from mlprunes.stages import tracking
 
 # -- stages ------------------------------------------------------------------------------------
-TRAIN, PRUNE, SCRATCH, FAMILY, FAMILY_MEMBER = "train", "prune", "scratch", "family", "family-member"
-EVALUATE, COMPARE, PIPELINE = "evaluate", "compare", "pipeline"
+TRAIN, PRUNE, SCRATCH, FAMILY = "train", "prune", "scratch", "family"
+FAMILY_MEMBER, EVALUATE, COMPARE, PIPELINE = "family-member", "evaluate", "compare", "pipeline"
 TRAINED = (TRAIN, SCRATCH, FAMILY_MEMBER)          # runs holding a network trained from scratch
 EVALUABLE = (*TRAINED, PRUNE)
 STUDY_STAGES = (*EVALUABLE, EVALUATE)               # the runs a comparison is made of
@@ -106,10 +108,6 @@ def runs_with_key(experiment_id: str, key: str) -> list[Run]:
 
 def check_resumable(run_id: str, job: Job) -> None:
     """Only an unfinished run of the job's stage, started with the same key, is resumed."""
-    import os
-
-    import mlflow
-
     # A stage's own entry point under `mlflow run` already has a run to attach to; inside the
     # pipeline (a run is active) a step may reopen an interrupted child.
     if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
@@ -219,7 +217,18 @@ class PrunedSource:
                 TAG_CRITERION: self.prune_run.data.params.get("criterion", "")}
 
 
+_sources: dict[tuple[str, str], PrunedSource] = {}
+
+
 def load_pruned_source(prune_run_id: str) -> PrunedSource:
+    """A finished prune run's source, read once per process (a finished run never changes)."""
+    cache_key = (mlflow.get_tracking_uri(), prune_run_id)
+    if cache_key not in _sources:
+        _sources[cache_key] = _read_pruned_source(prune_run_id)
+    return _sources[cache_key]
+
+
+def _read_pruned_source(prune_run_id: str) -> PrunedSource:
     run = get_run(prune_run_id, stage=PRUNE)
     base = get_run(run.data.tags.get(TAG_BASE_RUN, ""), stage=TRAIN, finished=False)
     with tracking.scratch_dir("source") as tmp:

@@ -24,7 +24,7 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
     except ValueError as err:
         raise StageError(str(err)) from None
     name = job.run_name or f"family-{source.criterion}-{source.spec.name}-p{job.prunes}"
-    data = contract.data_of(source.prune_run)
+    data = job.data.over(contract.data_of(source.prune_run))
     size = data.image_size or 32
     with contract.stage_run(job, name, source.lineage_tags(), parent_run_id=parent_run_id,
                             resume_run_id=resume_run_id) as family_run:
@@ -43,8 +43,8 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
                 child_id = done[0].info.run_id
                 say(f"[family] budget {params_budget:,}: reusing finished run {child_id}")
             else:
-                child_id = _train_member(member, spec, source, job, f"{name}-{params_budget}",
-                                         family_id)
+                child_id = _train_member(member, spec, source, job, data,
+                                         f"{name}-{params_budget}", family_id)
             counts = count(spec, (size, size))
             rows.append({"params_budget": params_budget, "run_id": child_id,
                          "params": counts.params, "flops": counts.flops,
@@ -54,8 +54,9 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         return family_id
 
 
-def _train_member(member, spec, source, job: FamilyJob, name: str, family_id: str) -> str:
-    prepared = prepare(pruned_training(source, spec, job.budget, job.run, job.log_model,
+def _train_member(member, spec, source, job: FamilyJob, data, name: str,
+                  family_id: str) -> str:
+    prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=member.stage))
     preset = contract.preset_of(source.base_run)
     params = {"preset": preset, "prune_run_id": source.run_id, "prunes": job.prunes,

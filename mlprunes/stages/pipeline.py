@@ -101,7 +101,7 @@ def run_pipeline(plan_: StudyPlan, preset: str, run: RunConfig,
 
         def record(step: Step) -> None:
             used.append(step)
-            if step.how == NEW and step.stage != contract.COMPARE:
+            if step.how != REUSED and step.stage != contract.COMPARE:
                 MlflowClient().set_tag(step.run_id, contract.TAG_PIPELINE_STEP, step.node)
             if step.stage != contract.COMPARE:  # compare reads this list
                 mlflow.set_tag(contract.TAG_STUDY_RUNS,

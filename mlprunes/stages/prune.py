@@ -31,8 +31,8 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         resume_run_id: str | None = None) -> str:
     base_run = contract.get_run(job.base_run_id, stage=contract.TRAIN)
     data = job.data.over(contract.data_of(base_run))
-    recipe = job.recipe.resolve(contract.preset_of(base_run), pruning=True)
     preset = job.recipe.preset or contract.preset_of(base_run)
+    recipe = job.recipe.resolve(preset, pruning=True)
     # Pruning's training cost continues the base network's.
     macs_before = base_run.data.metrics.get("train_macs", 0.0)
     if resume_run_id is not None:

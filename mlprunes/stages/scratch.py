@@ -21,7 +21,8 @@ def run(job: ScratchJob, parent_run_id: str | None = None,
     spec = source.spec_at(prunes)
     if resume_run_id is not None:
         contract.check_resumable(resume_run_id, job)
-    prepared = prepare(pruned_training(source, spec, job.budget, job.run, job.log_model,
+    data = job.data.over(contract.data_of(source.prune_run))
+    prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=job.stage))
     name = job.run_name or f"scratch-{source.criterion}-{source.spec.name}-p{prunes}"
     params = {"preset": contract.preset_of(source.base_run), "prune_run_id": source.run_id,

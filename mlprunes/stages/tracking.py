@@ -20,9 +20,6 @@ from mlflow.tracking import MlflowClient
 
 from mlprunes.errors import StageError
 
-DEFAULT_EXPERIMENT = "mlprunes"
-
-
 def configure_client() -> None:
     """Fail in seconds, not minutes, when a tracking server is down (unless the user chose)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

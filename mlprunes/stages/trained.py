@@ -153,11 +153,10 @@ def log_network(model: torch.nn.Module, image_size) -> None:
                                                "mlprunes"])
 
 
-def pruned_training(source: PrunedSource, spec: ArchSpec, budget: str, run: RunConfig,
-                    log_model: bool, label: str) -> Training:
-    """How to train a network derived from a prune run: its base run's recipe and data, with
-    the epochs the budget gives."""
-    data = contract.data_of(source.prune_run)
+def pruned_training(source: PrunedSource, spec: ArchSpec, budget: str, data: DataConfig,
+                    run: RunConfig, log_model: bool, label: str) -> Training:
+    """How to train a network derived from a prune run on `data` (the prune run's, read from
+    where it lives now): its base run's recipe, with the epochs the budget gives."""
     recipe = contract.recipe_of(source.base_run)
     size = data.image_size or 32
     recipe = replace(recipe, epochs=scratch_epochs(recipe, source.spec, spec, budget,

@@ -93,8 +93,9 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
     """The study's jobs: the base network, its prune runs, their architectures trained from
     scratch, reduced baselines, a family, evaluations, and the comparison after all of them."""
     graph = Graph()
-    family = base_spec.family
     log_model = plan.log_model
+    # Later stages read the data their input runs were made with, from where it lives now.
+    located = DataChoice(data_dir=plan.data.data_dir, download=plan.data.download)
 
     def train(label: str, spec: ArchSpec):
         recipe = recipe_preset(spec.family).override(epochs=plan.epochs,
@@ -107,11 +108,12 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
     prunes = {c: graph.add(f"prune-{c}", PruneJob(
         base_run_id=base, criterion=c, prunes=plan.prunes, prune_every=plan.prune_every,
         save_every=plan.save_every, val_every=plan.val_every,
-        recipe=RecipeChoice(preset=family, batch_size=plan.prune_batch_size),
-        data=DataChoice(**vars(plan.data)), run=run, log_model=log_model))
+        recipe=RecipeChoice(batch_size=plan.prune_batch_size), data=located, run=run,
+        log_model=log_model))
         for c in plan.criteria}
     scratch = [graph.add(f"scratch-{c}-p{n}", ScratchJob(prune_run_id=prunes[c], prunes=n,
-                                                         run=run, log_model=log_model))
+                                                         data=located, run=run,
+                                                         log_model=log_model))
                for c in plan.criteria for n in plan.scratch_prunes]
     reduced = []
     for overrides in plan.baselines:
@@ -122,7 +124,8 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
     if plan.family_budgets:
         budgets = tuple(int(count_params(base_spec) * f) for f in plan.family_budgets)
         graph.add("family", FamilyJob(prune_run_id=prunes[first], prunes=plan.prunes,
-                                      budgets=budgets, run=run, log_model=log_model))
+                                      budgets=budgets, data=located, run=run,
+                                      log_model=log_model))
     if plan.evaluate:
         targets = {"evaluate-base": base, f"evaluate-prune-{first}": prunes[first]}
         if scratch:
