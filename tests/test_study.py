@@ -126,3 +126,23 @@ def test_every_preset_makes_a_graph_whose_jobs_need_only_earlier_jobs(name):
     assert stages.count("train") == 1 + len(study.baselines)
     assert graph["scratch-" + study.criteria[0] + f"-p{study.scratch_prunes[0]}"].needs == (
         "prune-" + study.criteria[0],)
+
+
+def test_a_pipeline_job_has_the_key_of_the_same_command_typed_by_hand():
+    """So that a pipeline reuses runs made by hand, and `--resume-run-id` resumes its runs."""
+    from mlprunes.jobs import FamilyJob, RecipeChoice
+
+    study = PLANS["tiny"]
+    spec = arch.make_spec(**study.arch, num_classes=10)
+    graph = study_graph(study, "tiny", RunConfig(), spec)
+    ran = {name: f"id-{name}" for name in graph.names}
+    # mlprunes prune --base-run-id id-base --prunes 12 --prune-every 2 --save-every 6
+    #     --val-every 4 --batch-size 64
+    by_hand = PruneJob(base_run_id="id-base", criterion="fisher", prunes=12, prune_every=2,
+                       save_every=6, val_every=4, recipe=RecipeChoice(batch_size=64))
+    assert graph["prune-fisher"].job.resolved(ran).key == by_hand.key
+    assert (graph["scratch-fisher-p12"].job.resolved(ran).key
+            == ScratchJob(prune_run_id="id-prune-fisher", prunes=12).key)
+    family = graph["family"].job.resolved(ran)
+    assert family.key == FamilyJob(prune_run_id="id-prune-fisher", prunes=12,
+                                   budgets=family.budgets).key
