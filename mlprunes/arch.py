@@ -8,6 +8,8 @@ counted from it without being built (`mlprunes.counting`), and rebuilt from a pr
 
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
@@ -152,7 +154,7 @@ def make_spec(family: str, *, depth: int | None = None, width: float | None = No
 
 def _with_default_mids(fields: dict[str, Any], bottle: float | None) -> ArchSpec:
     if bottle is not None and not (_is_number(bottle) and bottle > 0):
-        raise ArchError("bottle", f"must be a positive number, got {bottle!r}")
+        raise ArchError("bottle", f"must be a positive finite number, got {bottle!r}")
     # Validate everything but the widths first (with placeholder widths of the right count), so
     # that a bad depth is reported as a bad depth and not as a wrong-length width list.
     probe = ArchSpec(**fields, mids=_placeholder_mids(fields))
@@ -182,7 +184,7 @@ def _validate(spec: ArchSpec) -> None:
             raise ArchError("growth" if spec.growth is not None else "reduction",
                             "applies to densenet only")
         if not _is_number(spec.width) or spec.width <= 0:
-            raise ArchError("width", f"must be a positive number, got {spec.width!r}")
+            raise ArchError("width", f"must be a positive finite number, got {spec.width!r}")
         if int(16 * spec.width) < 1:
             raise ArchError("width", f"too small: int(16 * {spec.width}) is 0 channels")
     else:
@@ -207,7 +209,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: NaN and infinity are no width, bottleneck or rate."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _normalise_number(value: Any) -> Any:

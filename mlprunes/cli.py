@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,8 +19,8 @@ from mlprunes.arch import ArchError, ArchSpec, make_spec
 from mlprunes.counting import count
 from mlprunes.data import DATASETS
 from mlprunes.engine.checkpoint import CheckpointError
-from mlprunes.engine.trainer import PRECISIONS
-from mlprunes.errors import StageError
+from mlprunes.engine.trainer import PRECISIONS, TrainingDiverged
+from mlprunes.errors import Interrupted, StageError
 from mlprunes.jobs import (BUDGETS, CRITERIA, DEFAULT_EXPERIMENT, CompareJob, DataChoice,
                            DataConfig, EvaluateJob, FamilyJob, PruneJob, RecipeChoice,
                            RunConfig, ScratchJob, TrainJob)
@@ -34,9 +37,12 @@ class NumberList(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            return tuple(self.kind(float(v)) for v in str(value).split(",") if v.strip())
+            numbers = [float(v) for v in str(value).split(",") if v.strip()]
         except ValueError:
             self.fail(f"not a comma-separated list of numbers: {value!r}", param, ctx)
+        if not all(math.isfinite(n) for n in numbers):
+            self.fail(f"every number must be finite: {value!r}", param, ctx)
+        return tuple(self.kind(n) for n in numbers)
 
 
 def flag(name: str, help: str, default: bool | None = False):
@@ -60,7 +66,11 @@ class OptionGroup:
         @functools.wraps(command)
         def wrapper(**kwargs):
             own = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-            return command(**kwargs, **{self.name: self.build(own)})
+            try:
+                value = self.build(own)
+            except StageError as err:
+                raise click.ClickException(str(err)) from None
+            return command(**kwargs, **{self.name: value})
 
         for option in reversed(self.options):
             wrapper = option(wrapper)
@@ -181,19 +191,49 @@ def resume_option(stage: str):
                         help=f"Continue this interrupted {stage} run from its last checkpoint.")
 
 
+@contextmanager
+def stop_on_signals():
+    """SIGTERM (what Slurm, Kubernetes and `docker stop` send) and SIGINT raise Interrupted, so
+    that the stage unwinds: its runs end KILLED and its temporary folders are removed. Signals
+    that arrive while it unwinds are ignored, so that the clean-up finishes."""
+    stops = (signal.SIGTERM, signal.SIGINT)
+
+    def handler(signum, frame):
+        for s in stops:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in stops}
+    for s in stops:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def stage_command(fn):
-    """Run against a reachable store; bad input is one clear line and a non-zero exit; the
-    run ID the command returns is the last line of stdout."""
+    """Run against a reachable store; bad input is one clear line and a non-zero exit; a
+    signal ends the runs KILLED and exits with 128 + its number; the run ID the command returns
+    is the last line of stdout."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from mlprunes.stages import tracking
 
         tracking.configure_client()
-        try:
-            tracking.check_tracking_store()
-            run_id = fn(*args, **kwargs)
-        except (StageError, ArchError, PruningError, CheckpointError) as err:
-            raise click.ClickException(str(err)) from None
+        with stop_on_signals():
+            try:
+                tracking.check_tracking_store()
+                run_id = fn(*args, **kwargs)
+            except (StageError, ArchError, PruningError, CheckpointError,
+                    TrainingDiverged) as err:
+                raise click.ClickException(str(err)) from None
+            except Interrupted as stop:
+                click.echo(f"Error: stopped by {signal.Signals(stop.signum).name}; run the same "
+                           f"command with --resume-run-id (a pipeline: run it again) to "
+                           f"continue from the last checkpoint", err=True)
+                sys.exit(128 + stop.signum)
         if run_id is not None:
             click.echo(run_id)
     return wrapper

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, ClassVar
 
@@ -131,6 +132,16 @@ class RunConfig:
     progress: bool = True
     experiment: str = DEFAULT_EXPERIMENT
 
+    def __post_init__(self) -> None:
+        from mlprunes.engine.trainer import resolve_device
+
+        if not self.experiment.strip():
+            raise StageError("--experiment must name an experiment, got an empty name")
+        try:
+            resolve_device(self.device)
+        except ValueError as err:
+            raise StageError(f"--device: {err}") from None
+
     def key_settings(self) -> dict[str, Any]:
         """Of how a job runs, what changes its result: the seed, and the precision as it takes
         effect (`auto` is bf16 on a GPU and fp32 on a CPU, two different results)."""
@@ -217,6 +228,9 @@ class TrainJob(Job):
 
     def __post_init__(self) -> None:
         _at_least(self, ("checkpoint_every",), 1)
+        if self.recipe.epochs < 1:
+            raise StageError(f"--epochs must be at least 1 to train a network, got "
+                             f"{self.recipe.epochs}")
 
 
 @dataclass(frozen=True)
@@ -284,9 +298,12 @@ class FamilyJob(Job):
     log_model: bool = setting(True)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
         if not self.budgets:
             raise StageError("--budgets needs at least one parameter budget")
+        if not all(math.isfinite(b) and b >= 1 for b in self.budgets):
+            raise StageError(f"--budgets must be positive parameter counts, got "
+                             f"{','.join(str(b) for b in self.budgets)}")
+        object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
         _check_budget(self.budget)
         _at_least(self, ("prunes",), 0)
 

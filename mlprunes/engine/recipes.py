@@ -30,8 +30,15 @@ class Recipe:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        for name in ("lr", "momentum", "weight_decay", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name.replace('_', ' ')} must be a finite number, got "
+                                 f"{getattr(self, name)}")
         if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"lr and weight decay must be >= 0 and momentum in [0, 1): {self}")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma (the lr factor at each milestone) must be > 0, got "
+                             f"{self.gamma}")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"schedule must be step, cosine or constant, got {self.schedule!r}")
         if any(not 0 < m < 1 for m in self.milestones):

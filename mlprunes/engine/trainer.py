@@ -9,6 +9,7 @@ and checkpoint, without the loop knowing about MLflow).
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -28,6 +29,10 @@ from mlprunes.engine.evaluate import evaluate
 from mlprunes.engine.recipes import Recipe
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite: nothing after it would mean anything."""
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -38,9 +43,23 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str | None = None) -> torch.device:
+    """The device to run on (`auto`: CUDA if there is one); a ValueError for a device that is
+    not a device, or not on this machine."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name!r} asked for, but this machine has no CUDA GPU")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{name!r} asked for, but this machine has {count} CUDA GPU(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"{name!r}: mlprunes runs on cpu or cuda")
+    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -145,6 +164,11 @@ class Trainer:
         elapsed = time.perf_counter() - start
         bar.close()
         seen = max(seen, 1)
+        # Checked once per call, not per step: a host sync per step would cost more than a few
+        # wasted steps after a divergence.
+        if not math.isfinite(loss_sum.item()):
+            raise TrainingDiverged(f"the training loss became {loss_sum.item()} by step "
+                                   f"{pos.step} (epoch {pos.epoch + 1}); lower --lr")
         return {
             "train_loss": loss_sum.item() / seen,
             "train_error": 100.0 * wrong.item() / seen,

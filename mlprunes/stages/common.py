@@ -16,12 +16,16 @@ from mlprunes.jobs import DataConfig, RunConfig
 
 def load_splits(data: DataConfig) -> DataSplits:
     try:
-        return load_data(data.dataset, data.data_dir, download=data.download,
+        splits = load_data(data.dataset, data.data_dir, download=data.download,
                          image_size=data.image_size, val_split=data.val_split,
                          seed=data.data_seed, shapes_train=data.shapes_train,
                          shapes_test=data.shapes_test)
     except DatasetError as err:
         raise StageError(str(err)) from None
+    if splits.num_classes < 2:
+        raise StageError(f"{data.dataset} at {data.data_dir} has {splits.num_classes} class; "
+                         f"a classifier needs at least 2")
+    return splits
 
 
 @dataclass

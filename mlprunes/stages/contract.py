@@ -88,6 +88,9 @@ def get_run(run_id: str, *, stage: str | tuple[str, ...] | None = None,
             finished: bool = True) -> Run:
     """The run with this ID, checked to be of the expected stage and finished."""
     run = tracking.fetch_run(run_id)
+    if run.info.lifecycle_stage == "deleted":  # in the trash: not an input, nor resumable
+        raise StageError(f"no run with ID {run_id!r} in the tracking store at "
+                         f"{mlflow.get_tracking_uri()} (it was deleted)")
     stages = (stage,) if isinstance(stage, str) else stage
     actual = run.data.tags.get(TAG_STAGE)
     if stages is not None and actual not in stages:

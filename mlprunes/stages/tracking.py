@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlprunes.errors import StageError
+from mlprunes.errors import Interrupted, StageError
 
 def configure_client() -> None:
     """Fail in seconds, not minutes, when a tracking server is down (unless the user chose)."""
@@ -85,7 +86,14 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
         run = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name)
     with run:
         mlflow.set_tags({**tags, "mlflow.runName": run_name})
-        yield run
+        try:
+            yield run
+        except (Interrupted, KeyboardInterrupt):
+            # Stopped from outside, not failed: KILLED, and resumable from its last checkpoint.
+            mlflow.end_run("KILLED")
+            print(f"run {run.info.run_id} stopped and marked KILLED", file=sys.stderr,
+                  flush=True)
+            raise
 
 
 def fetch_run(run_id: str) -> Run:
