@@ -102,9 +102,11 @@ class Evil:
 def test_loading_refuses_pickled_objects(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"format": "mlprunes-checkpoint", "payload": Evil()}, path)
-    with pytest.raises(CheckpointError, match="not a readable mlprunes checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable mlprunes checkpoint") as info:
         load_checkpoint(path)
     assert "must never run" not in capsys.readouterr().out
+    assert "weights_only" not in str(info.value)  # torch's advice to unpickle is not passed on
+    assert "never loaded" in str(info.value)
 
 
 @pytest.mark.parametrize("content, fragment", [

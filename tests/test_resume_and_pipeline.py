@@ -38,6 +38,9 @@ def test_a_killed_prune_resumes_from_its_checkpoint_with_the_same_history(store,
     saved = {f.path for f in client.list_artifacts(killed_id, "checkpoints")}
     assert saved == {"checkpoints/prunes_00004.pt"}  # it died after 7 prunes, saved at 4
 
+    # It had validated at 6 prunes, after its checkpoint at 4: the resumed run recomputes that
+    # point and must not log it again.
+    assert [m.step for m in client.get_metric_history(killed_id, "val_error")] == [0, 2, 4, 6]
     resumed = cli(*prune_args(base, "--resume-run-id", killed_id, prunes=12)).run_id
     assert resumed == killed_id
     assert client.get_run(killed_id).info.status == "FINISHED"
@@ -51,6 +54,10 @@ def test_a_killed_prune_resumes_from_its_checkpoint_with_the_same_history(store,
     assert curve == read_csv(read_artifact_text(straight, "pruning_curve.csv", tmp_path / "c2"))
     assert (client.get_run(resumed).data.metrics["test_error"]
             == client.get_run(straight).data.metrics["test_error"])
+    for key in ("val_error", "params", "train_macs"):
+        def history(run_id):
+            return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        assert sorted(history(resumed)) == sorted(history(straight)), key
 
 
 def test_resume_refuses_a_run_of_another_stage(store):
@@ -190,6 +197,9 @@ def test_a_prune_process_killed_with_sigkill_resumes_to_the_same_history(store, 
 
     assert cli(*args, "--resume-run-id", run_id).run_id == run_id
     assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "val_error")]
+    assert len(steps) == len(set(steps)), "a resumed run logged a step twice"
+    assert sorted(steps) == [m.step for m in client.get_metric_history(straight, "val_error")]
     history = [json.loads(read_artifact_text(r, "prune_history.json", tmp_path / r))
                for r in (straight, run_id)]
     assert len(history[0]) == 40 and history[0] == history[1]

@@ -75,3 +75,21 @@ def test_a_deleted_run_is_no_input(store):
     assert "(it was deleted)" in result.error_lines[0]
     compare = cli("compare", "--run-ids", base)
     assert "(it was deleted)" in compare.error_lines[0]
+
+
+def test_a_replaced_checkpoint_of_another_network_is_refused(store, tmp_path):
+    from mlprunes import arch
+    from mlprunes.engine.checkpoint import make_checkpoint, save_checkpoint
+    from mlprunes.nets import build
+
+    base = cli(*TINY_TRAIN).run_id
+    other = save_checkpoint(make_checkpoint(build(arch.wrn(16, 1, num_classes=10))),
+                            tmp_path / "final.pt")
+    MlflowClient().log_artifact(base, str(other), "checkpoints")
+    for args in (["prune", "--base-run-id", base, "--prunes", "2", "--no-progress"],
+                 ["evaluate", "--run-id", base]):
+        result = cli(*args)
+        assert result.exit_code != 0
+        assert (f"run {base}'s checkpoints/final.pt holds wrn-16-1" in result.error_lines[0]
+                and "the run made wrn-10-1" in result.error_lines[0]), result.error_lines
+    assert {r.data.tags["mlprunes.stage"] for r in all_runs()} == {"train"}

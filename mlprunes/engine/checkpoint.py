@@ -74,6 +74,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err):
+            # torch suggests loading with weights_only=False: for a file that may be malicious
+            # that is the wrong advice, so it is not passed on.
+            first_line = ("it holds Python objects besides tensors and plain data, which are "
+                          "never loaded: they could run code")
         raise CheckpointError(f"{path} is not a readable mlprunes checkpoint "
                               f"({type(err).__name__}: {first_line})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

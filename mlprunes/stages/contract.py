@@ -171,6 +171,23 @@ def load_run_checkpoint(run_id: str, artifact: str, tmp: Path,
                          ) from None
 
 
+def check_logged_arch(run: Run, spec: ArchSpec, artifact: str) -> None:
+    """A checkpoint must hold the network its run says it made (`arch_spec`): an artifact
+    replaced by another network's is refused, not silently used."""
+    logged = run.data.params.get("arch_spec")
+    if not logged:
+        return
+    try:
+        expected = ArchSpec.from_json(logged)
+    except (ArchError, ValueError, TypeError):
+        raise StageError(f"run {run.info.run_id}'s arch_spec param is not a valid architecture"
+                         ) from None
+    if expected != spec:
+        raise StageError(f"run {run.info.run_id}'s {artifact} holds {spec.name} with middle "
+                         f"widths {list(spec.mids)}, but the run made {expected.name} with "
+                         f"{list(expected.mids)}; the artifact was replaced")
+
+
 def arch_params(spec: ArchSpec) -> dict[str, Any]:
     """The architecture as options (`arch` is the family, as on the command line) and as the
     full description (`arch_spec`, JSON)."""

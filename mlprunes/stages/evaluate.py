@@ -48,6 +48,8 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
     device = loaders.test.device
     with tracking.scratch_dir("evaluate") as tmp:
         checkpoint = contract.load_run_checkpoint(job.run_id, artifact, tmp)
+    if artifact != contract.FINAL or stage != contract.PRUNE:  # a prune run's final is compressed
+        contract.check_logged_arch(source, checkpoint["spec"], artifact)
     try:
         model = model_from_checkpoint(checkpoint)
     except CheckpointError as err:

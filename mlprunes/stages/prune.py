@@ -40,6 +40,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
     with tracking.scratch_dir("prune") as tmp:
         base = contract.load_run_checkpoint(job.base_run_id, contract.FINAL, tmp / "base")
         spec = base["spec"]
+        contract.check_logged_arch(base_run, spec, contract.FINAL)
         limit = spec.prunable_channels - (spec.num_blocks if job.keep_one else 0)
         if job.prunes > limit:
             raise StageError(f"--prunes {job.prunes} is more than the {limit} channels that "
@@ -69,9 +70,10 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         with contract.stage_run(job, name, tags, parent_run_id=parent_run_id,
                                 resume_run_id=resume_run_id) as run:
             run_id = run.info.run_id
-            start, curve = 0, []
+            start, curve, logged_through = 0, [], -1
             if resume_run_id is not None:
                 start, curve = _resume(run_id, trainer, pruner, tmp)
+                logged_through = tracking.last_logged_step(run_id, "val_error")
             else:
                 tracking.log_params({
                     "base_run_id": job.base_run_id, "criterion": job.criterion,
@@ -88,6 +90,8 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                 f"run {run_id}")
 
             def log_point(point: dict[str, Any]) -> None:
+                if point["prunes"] <= logged_through:  # logged before a kill, recomputed now
+                    return
                 mlflow.log_metrics({k: v for k, v in point.items() if k != "prunes"},
                                    step=point["prunes"])
 

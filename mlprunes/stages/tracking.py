@@ -107,6 +107,13 @@ def fetch_run(run_id: str) -> Run:
         raise StageError(f"cannot read run {run_id!r}: {str(err).splitlines()[0]}") from None
 
 
+def last_logged_step(run_id: str, key: str) -> int:
+    """The last step at which a run logged `key` (-1 if never): a resumed run recomputes the
+    steps after its checkpoint and must not log them twice."""
+    history = MlflowClient().get_metric_history(run_id, key)
+    return max((m.step for m in history), default=-1)
+
+
 def runs_tagged(experiment_id: str, tag: str, value: str) -> list[Run]:
     """Runs of an experiment with this tag value, newest first."""
     return MlflowClient().search_runs(

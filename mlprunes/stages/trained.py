@@ -88,8 +88,10 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
     final metrics."""
     t, trainer, loaders = prepared.training, prepared.trainer, prepared.loaders
     image_size = prepared.splits.image_size
+    logged_through = -1
     with tracking.scratch_dir(t.label) as tmp:
         if resume:
+            logged_through = tracking.last_logged_step(run_id, "train_loss")
             checkpoint = contract.load_run_checkpoint(run_id, contract.LAST, tmp / "resume",
                                                       map_location=trainer.device)
             if checkpoint["spec"] != trainer.model.spec:
@@ -106,7 +108,8 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
             f"epochs on {t.data.dataset} ({len(prepared.splits.train)} images), run {run_id}")
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            mlflow.log_metrics(metrics, step=epoch)
+            if epoch > logged_through:  # epochs after the checkpoint a killed run logged
+                mlflow.log_metrics(metrics, step=epoch)
             say(f"[{t.label}] epoch {epoch}/{t.recipe.epochs} "
                 f"loss {metrics['train_loss']:.3f} train err {metrics['train_error']:.2f}% "
                 f"val err {metrics.get('val_error', float('nan')):.2f}% "
