@@ -14,3 +14,11 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class Claimed(Exception):
+    """Another process's run already has this job (same key) and is alive: wait for it."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} already has this job")
+        self.run_id = run_id

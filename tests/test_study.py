@@ -19,6 +19,12 @@ class FakeStore:
     def finished(self, job):
         return self.finished_runs.get(job.key)
 
+    def live(self, job):
+        return None
+
+    def wait(self, run_id):
+        pass
+
     def resumable(self, job):
         return self.interrupted.get(job.key)
 
@@ -146,3 +152,57 @@ def test_a_pipeline_job_has_the_key_of_the_same_command_typed_by_hand():
     family = graph["family"].job.resolved(ran)
     assert family.key == FamilyJob(prune_run_id="id-prune-fisher", prunes=12,
                                    budgets=family.budgets).key
+
+
+class BusyStore(FakeStore):
+    """Another process is running the prune: it finishes while we wait."""
+
+    def __init__(self, busy_key, other_run="elsewhere"):
+        super().__init__()
+        self.busy = {busy_key: other_run}
+        self.waited = []
+
+    def live(self, job):
+        run_id = self.busy.get(job.key)
+        return (run_id, "host h, pid 1") if run_id else None
+
+    def wait(self, run_id):
+        self.waited.append(run_id)
+        key = next(k for k, r in self.busy.items() if r == run_id)
+        del self.busy[key]
+        self.finished_runs[key] = run_id
+
+
+def test_a_job_another_process_is_running_is_waited_for_then_reused():
+    graph = small_study()
+    store = FakeStore()
+    SequentialExecutor(log=lambda m: None).run(graph, FakeStages(store), store)
+    prune_key = graph["prune"].job.resolved({"base": "run0"}).key
+    busy = BusyStore(prune_key)
+    busy.finished_runs = {graph["base"].job.key: "run0"}
+    stages = FakeStages(busy)
+    steps = SequentialExecutor(log=lambda m: None).run(graph, stages, busy)
+    assert busy.waited == ["elsewhere"]
+    assert [(s.node, s.how) for s in steps[:2]] == [("base", REUSED), ("prune", REUSED)]
+    assert steps[1].run_id == "elsewhere"
+    assert "prune" not in [j.stage for j, _, _ in stages.launched]
+
+
+def test_a_launch_that_lost_the_claim_waits_for_the_winner():
+    from mlprunes.errors import Claimed
+
+    graph = Graph()
+    graph.add("base", TrainJob(spec=arch.wrn(10, 1, num_classes=10), recipe=preset("wrn")))
+    store = FakeStore()
+    waited = []
+
+    def launch(job, parent, resume):
+        raise Claimed("winner")
+
+    def wait(run_id):
+        waited.append(run_id)
+        store.finished_runs[graph["base"].job.key] = run_id
+
+    store.wait = wait
+    [step] = SequentialExecutor(log=lambda m: None).run(graph, launch, store)
+    assert waited == ["winner"] and (step.run_id, step.how) == ("winner", REUSED)

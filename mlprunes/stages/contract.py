@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +17,13 @@ from typing import Any, Iterator
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchError, ArchSpec
 from mlprunes.counting import count_params
 from mlprunes.engine.checkpoint import CheckpointError, load_checkpoint
 from mlprunes.engine.recipes import Recipe
-from mlprunes.errors import StageError
+from mlprunes.errors import Claimed, StageError
 from mlprunes.jobs import KEY_VERSION, DataConfig, Job
 from mlprunes.pruning import spec_after
 from mlprunes.stages import tracking
@@ -49,6 +53,7 @@ TAG_STUDY_PARENT = "mlprunes.study_parent_run_id"   # on a compare run: the pipe
 TAG_COMPARE_RUN = "mlprunes.compare_run_id"
 TAG_REUSED_RUNS = "mlprunes.reused_runs"
 TAG_COMPARED_RUNS = "mlprunes.compared_runs"
+TAG_HEARTBEAT = "mlprunes.heartbeat"                # "<unix time> <host> <pid>" of a live run
 
 # -- artifacts ---------------------------------------------------------------------------------
 CHECKPOINTS = "checkpoints"
@@ -74,14 +79,80 @@ def prune_checkpoint(prunes: int) -> str:
 def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
               parent_run_id: str | None = None, resume_run_id: str | None = None,
               experiment: str | None = None) -> Iterator[Run]:
-    """The job's one MLflow run, tagged with its stage and key."""
-    all_tags = {TAG_STAGE: job.stage, **tags}
+    """The job's one MLflow run, tagged with its stage and key, with a heartbeat while it is
+    open. Inside a study (a parent run) a new run claims its key: if another live or finished
+    run has it, this one is withdrawn (deleted) and `Claimed` raised before any work."""
+    all_tags = {TAG_STAGE: job.stage, TAG_HEARTBEAT: _beat(), **tags}
     if job.reusable:
         all_tags.update({TAG_CONFIG: job.key, TAG_KEY_VERSION: str(KEY_VERSION)})
     with tracking.open_run(experiment=experiment or job.run.experiment, run_name=run_name,
                            tags=all_tags, parent_run_id=parent_run_id,
                            resume_run_id=resume_run_id) as run:
-        yield run
+        if job.reusable and parent_run_id is not None and resume_run_id is None:
+            _claim(job, run)
+        with heartbeat(run.info.run_id):
+            yield run
+
+
+# -- liveness ----------------------------------------------------------------------------------
+
+def heartbeat_seconds() -> float:
+    """How often a live run says so (MLPRUNES_HEARTBEAT_SECONDS, default 30); a run silent for
+    three times as long is taken for dead."""
+    return float(os.environ.get("MLPRUNES_HEARTBEAT_SECONDS", "30"))
+
+
+def _beat() -> str:
+    return f"{time.time():.1f} {socket.gethostname()} {os.getpid()}"
+
+
+@contextmanager
+def heartbeat(run_id: str) -> Iterator[None]:
+    """Keep the run's heartbeat tag fresh from a background thread while the body runs."""
+    stop = threading.Event()
+    client = MlflowClient()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_seconds()):
+            try:
+                client.set_tag(run_id, TAG_HEARTBEAT, _beat())
+            except Exception:  # a store outage: the run goes on, it only looks older
+                pass
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def alive(run: Run) -> str | None:
+    """For a RUNNING run whose heartbeat is fresh: where it runs ("host H, pid P"); else None."""
+    if run.info.status != "RUNNING":
+        return None
+    parts = run.data.tags.get(TAG_HEARTBEAT, "").split()
+    last = float(parts[0]) if parts else run.info.start_time / 1000
+    if time.time() - last > 3 * heartbeat_seconds():
+        return None
+    return f"host {parts[1]}, pid {parts[2]}" if len(parts) == 3 else "an unknown host"
+
+
+def _claim(job: Job, run: Run) -> None:
+    """The earliest live or finished run with the key keeps the job; a later one withdraws."""
+    mine = run.info.run_id
+    others = [r for r in runs_with_key(run.info.experiment_id, job.key)
+              if r.info.run_id != mine and (r.info.status == "FINISHED" or alive(r))]
+    if not others:
+        return
+    contenders = sorted([*others, run], key=lambda r: (r.info.status != "FINISHED",
+                                                       r.info.start_time, r.info.run_id))
+    winner = contenders[0].info.run_id
+    if winner != mine:
+        mlflow.end_run("KILLED")
+        MlflowClient().delete_run(mine)
+        raise Claimed(winner)
 
 
 def get_run(run_id: str, *, stage: str | tuple[str, ...] | None = None,
@@ -119,6 +190,11 @@ def check_resumable(run_id: str, job: Job) -> None:
     run = get_run(run_id, stage=job.stage, finished=False)
     if run.info.status == "FINISHED":
         raise StageError(f"run {run_id} has already finished; there is nothing to resume")
+    where = alive(run)
+    if where is not None:
+        raise StageError(f"run {run_id} is running on {where}; wait for it or stop that "
+                         f"process (a run whose heartbeat is {3 * heartbeat_seconds():.0f} s "
+                         f"old is taken over)")
     if run.data.tags.get(TAG_CONFIG) != job.key:
         raise StageError(f"run {run_id} was started with other settings; resume it with the "
                          f"options it ran with (its params show them)")

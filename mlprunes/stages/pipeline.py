@@ -11,6 +11,7 @@ child of the pipeline that first made it.
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 import mlflow
@@ -48,9 +49,21 @@ class MlflowRunStore:
                 return run.info.run_id
         return None
 
+    def live(self, job: Job) -> tuple[str, str] | None:
+        for run in contract.runs_with_key(self.experiment_id, job.key):
+            where = contract.alive(run)
+            if where is not None:
+                return run.info.run_id, where
+        return None
+
+    def wait(self, run_id: str) -> None:
+        while contract.alive(MlflowClient().get_run(run_id)) is not None:
+            time.sleep(min(5.0, contract.heartbeat_seconds()))
+
     def resumable(self, job: Job) -> str | None:
         for run in contract.runs_with_key(self.experiment_id, job.key):
-            if run.info.status != "FINISHED" and contract.can_resume(run.info.run_id, job.stage):
+            if (run.info.status != "FINISHED" and contract.alive(run) is None
+                    and contract.can_resume(run.info.run_id, job.stage)):
                 return run.info.run_id
         return None
 
@@ -59,6 +72,12 @@ class _NoStore:
     """An experiment that does not exist yet: nothing to reuse."""
 
     def finished(self, job: Job) -> None:
+        return None
+
+    def live(self, job: Job) -> None:
+        return None
+
+    def wait(self, run_id: str) -> None:
         return None
 
     def resumable(self, job: Job) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -34,13 +35,35 @@ def check_tracking_store() -> None:
     """One cheap request, so an unreachable server is one clear error before any work."""
     uri = mlflow.get_tracking_uri()
     try:
-        MlflowClient().search_experiments(max_results=1)
+        _first_request(uri)
     except Exception as err:  # connection errors arrive as several exception types
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         if "Connection refused" in str(err):
             reason = "Connection refused"
         raise StageError(f"cannot reach the MLflow tracking store at {uri}: "
                          f"{reason[:200]}") from None
+
+
+def _first_request(uri: str, attempts: int = 5) -> None:
+    """The first request creates a fresh SQLite store's tables; two processes that start on
+    one fresh store race to do it and one of them fails. A moment later the tables exist."""
+    for attempt in range(attempts):
+        try:
+            MlflowClient().search_experiments(max_results=1)
+            return
+        except Exception:
+            if not uri.startswith("sqlite:") or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+
+
+def set_experiment(name: str):
+    """The experiment, made if it does not exist: two processes may both try to make it."""
+    try:
+        return mlflow.set_experiment(name)
+    except MlflowException:
+        time.sleep(0.5)
+        return mlflow.set_experiment(name)
 
 
 def param_value(value: Any) -> str:
@@ -82,7 +105,7 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
     elif os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()  # the run `mlflow run` made for this entry point
     else:
-        exp = mlflow.set_experiment(experiment)
+        exp = set_experiment(experiment)
         run = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name)
     with run:
         mlflow.set_tags({**tags, "mlflow.runName": run_name})

@@ -2,8 +2,10 @@
 jobs, keys and run IDs, not training or MLflow: a `RunStore` says which runs already exist for a
 key, and `launch` runs a job (as its stage's `run(job, parent_run_id, resume_run_id)` does).
 
-One rule for every executor (`run_node`): a finished run with the job's key is reused; an
-interrupted one that saved enough to continue is resumed; otherwise the job is launched anew.
+One rule for every executor (`run_node`): a finished run with the job's key is reused; one that
+is alive in another process (a second pipeline on the same store) is waited for; an interrupted
+one that saved enough to continue is resumed; otherwise the job is launched anew. A launch that
+finds another process claimed the key first (`Claimed`) waits for that run instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from mlprunes.errors import Claimed
 from mlprunes.jobs import Job
 from mlprunes.study.graph import Graph
 
@@ -21,6 +24,12 @@ NEW, REUSED, RESUMED = "new", "reused", "resumed"
 class RunStore(Protocol):
     def finished(self, job: Job) -> str | None:
         """A finished run with this job's key, if any."""
+
+    def live(self, job: Job) -> tuple[str, str] | None:
+        """A run with this job's key that another process is running: (run ID, where)."""
+
+    def wait(self, run_id: str) -> None:
+        """Return once that run is no longer alive (finished, failed, or silent)."""
 
     def resumable(self, job: Job) -> str | None:
         """An interrupted run with this job's key that can continue, if any."""
@@ -45,18 +54,30 @@ def _stderr(message: str) -> None:
 
 def run_node(name: str, job: Job, launch: Launch, store: RunStore,
              parent_run_id: str | None = None, log: Log = _stderr) -> Step:
-    """Reuse, resume or launch one job whose inputs are all run IDs."""
-    if job.reusable:
+    """Reuse, wait for, resume or launch one job whose inputs are all run IDs."""
+    if not job.reusable:
+        log(f"[pipeline] {name}: starting")
+        return Step(name, job.stage, launch(job, parent_run_id, None), NEW)
+    while True:
         done = store.finished(job)
         if done is not None:
             log(f"[pipeline] {name}: reusing finished run {done}")
             return Step(name, job.stage, done, REUSED)
+        running = store.live(job)
+        if running is not None:
+            log(f"[pipeline] {name}: run {running[0]} is running on {running[1]}; waiting")
+            store.wait(running[0])
+            continue
         interrupted = store.resumable(job)
         if interrupted is not None:
             log(f"[pipeline] {name}: resuming interrupted run {interrupted}")
             return Step(name, job.stage, launch(job, parent_run_id, interrupted), RESUMED)
-    log(f"[pipeline] {name}: starting")
-    return Step(name, job.stage, launch(job, parent_run_id, None), NEW)
+        log(f"[pipeline] {name}: starting")
+        try:
+            return Step(name, job.stage, launch(job, parent_run_id, None), NEW)
+        except Claimed as claim:
+            log(f"[pipeline] {name}: run {claim.run_id} claimed this job first; waiting")
+            store.wait(claim.run_id)
 
 
 class Executor(Protocol):
@@ -95,7 +116,7 @@ class PlannedStep:
     stage: str
     needs: tuple[str, ...]
     key: str | None        # None until the runs it needs exist
-    status: str            # finished | would resume | to run | to run (always)
+    status: str            # finished | running | would resume | to run | to run (always)
     run_id: str | None
     job: Job
 
@@ -116,6 +137,8 @@ def plan(graph: Graph, store: RunStore) -> list[PlannedStep]:
         elif (done := store.finished(job)) is not None:
             status, run_id = "finished", done
             run_ids[node.name] = done
+        elif (running := store.live(job)) is not None:
+            status, run_id = "running", running[0]
         elif (interrupted := store.resumable(job)) is not None:
             status, run_id = "would resume", interrupted
         planned.append(PlannedStep(node.name, job.stage, node.needs, key, status, run_id, job))

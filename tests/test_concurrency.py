@@ -1,0 +1,53 @@
+"""Two processes on one store: a live run is not resumed from under its process, and two
+pipelines on one fresh store train each job once."""
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tests.stage_helpers import all_runs, cli
+from tests.test_signals import LONG_TRAIN, start, terminate, wait_for_running
+
+
+def test_a_live_run_is_refused_for_resume_and_a_silent_one_taken_over(store, tmp_path,
+                                                                       monkeypatch):
+    client = MlflowClient()
+    proc, _ = start(LONG_TRAIN, tmp_path)
+    run_id = wait_for_running(proc, "train", "checkpoints/last.pt")
+    result = cli(*LONG_TRAIN, "--resume-run-id", run_id)
+    assert result.exit_code != 0
+    assert f"run {run_id} is running on host" in result.error_lines[0]
+    assert f"pid {proc.pid}" in result.error_lines[0]
+    proc.send_signal(signal.SIGKILL)  # dies without a word: RUNNING, its heartbeat ageing
+    proc.wait()
+    assert client.get_run(run_id).info.status == "RUNNING"
+    monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.2")  # so it is stale at once
+    assert cli(*LONG_TRAIN, "--resume-run-id", run_id).run_id == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_two_pipelines_on_one_fresh_store_train_each_job_once(store, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPRUNES_HEARTBEAT_SECONDS": "1"}
+    mlprunes = str(Path(sys.executable).parent / "mlprunes")
+    args = [mlprunes, "pipeline", "--preset", "tiny", "--no-progress"]
+    # The store does not exist yet: both processes make it at the same moment.
+    assert not Path(store.removeprefix("sqlite:///")).exists()
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=tmp_path) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    runs = [r for r in all_runs() if r.data.tags.get("mlprunes.config_key")]
+    finished = Counter(r.data.tags["mlprunes.config_key"] for r in runs
+                       if r.info.status == "FINISHED")
+    assert finished and set(finished.values()) == {1}, finished  # each job trained once
+    assert all(r.info.status == "FINISHED" for r in runs)
+    pipelines = [r for r in all_runs() if r.data.tags.get("mlprunes.stage") == "pipeline"]
+    assert sorted(r.info.status for r in pipelines) == ["FINISHED", "FINISHED"]
+    # Between them they waited for, or reused, what the other made.
+    assert any("waiting" in out or "reusing" in out for out in outputs), outputs
