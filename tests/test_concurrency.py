@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def test_a_live_run_is_refused_for_resume_and_a_silent_one_taken_over(store, tmp
     proc.send_signal(signal.SIGKILL)  # dies without a word: RUNNING, its heartbeat ageing
     proc.wait()
     assert client.get_run(run_id).info.status == "RUNNING"
-    monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.2")  # so it is stale at once
+    monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.2")  # stale after 0.6 s of silence
+    time.sleep(1.0)
     assert cli(*LONG_TRAIN, "--resume-run-id", run_id).run_id == run_id
     assert client.get_run(run_id).info.status == "FINISHED"
 
@@ -40,7 +42,7 @@ def test_two_pipelines_on_one_fresh_store_train_each_job_once(store, tmp_path):
     procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, cwd=tmp_path) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [p.returncode for p in procs] == [0, 0], [o[-1200:] for o in outputs]
 
     runs = [r for r in all_runs() if r.data.tags.get("mlprunes.config_key")]
     finished = Counter(r.data.tags["mlprunes.config_key"] for r in runs

@@ -94,21 +94,24 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
     """A run to log into: under `mlflow run`, the run it made (MLFLOW_RUN_ID); otherwise a new
     run in `experiment` (as a child of `parent_run_id`, for the pipeline), or `resume_run_id`
     reopened to finish an interrupted job. A failure marks the run FAILED and propagates."""
+    all_tags = {**tags, "mlflow.runName": run_name}
     if resume_run_id is not None:
         run = mlflow.start_run(run_id=resume_run_id, nested=mlflow.active_run() is not None)
     elif parent_run_id is not None:
         # A pipeline's child: in the parent's experiment (under `mlflow run` that experiment
         # was chosen by MLflow, and set_experiment would refuse to change it).
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+        # Tags go in with the run, so that no one sees it without them (a claim is a key tag).
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                               parent_run_id=parent_run_id, nested=True)
+                               parent_run_id=parent_run_id, nested=True, tags=all_tags)
     elif os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()  # the run `mlflow run` made for this entry point
     else:
         exp = set_experiment(experiment)
-        run = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name)
+        run = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name,
+                               tags=all_tags)
     with run:
-        mlflow.set_tags({**tags, "mlflow.runName": run_name})
+        mlflow.set_tags(all_tags)
         try:
             yield run
         except (Interrupted, KeyboardInterrupt):
