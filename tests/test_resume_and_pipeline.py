@@ -159,7 +159,8 @@ def test_the_pipeline_resumes_under_mlflow_run(store, monkeypatch, tmp_path):
     assert steps["prune-fisher"] == "resumed"
 
 
-def test_a_prune_process_killed_with_sigkill_resumes_to_the_same_history(store, tmp_path):
+def test_a_prune_process_killed_with_sigkill_resumes_to_the_same_history(store, tmp_path,
+                                                                         monkeypatch):
     """A real kill: the process dies without a word, its run stays RUNNING."""
     import os
     import signal
@@ -194,6 +195,12 @@ def test_a_prune_process_killed_with_sigkill_resumes_to_the_same_history(store, 
     assert client.get_run(run_id).info.status == "RUNNING"
     saved = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
     assert "checkpoints/prunes_00040.pt" not in saved
+    # Its heartbeat is fresh: a resume now is refused ...
+    refused = cli(*args, "--resume-run-id", run_id)
+    assert f"run {run_id} is running on host" in refused.error_lines[0]
+    # ... and taken over once the heartbeat is stale (three beats missed).
+    monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.2")
+    time.sleep(1.0)
 
     assert cli(*args, "--resume-run-id", run_id).run_id == run_id
     assert client.get_run(run_id).info.status == "FINISHED"

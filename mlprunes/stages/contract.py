@@ -190,14 +190,14 @@ def check_resumable(run_id: str, job: Job) -> None:
     run = get_run(run_id, stage=job.stage, finished=False)
     if run.info.status == "FINISHED":
         raise StageError(f"run {run_id} has already finished; there is nothing to resume")
+    if run.data.tags.get(TAG_CONFIG) != job.key:
+        raise StageError(f"run {run_id} was started with other settings; resume it with the "
+                         f"options it ran with (its params show them)")
     where = alive(run)
     if where is not None:
         raise StageError(f"run {run_id} is running on {where}; wait for it or stop that "
                          f"process (a run whose heartbeat is {3 * heartbeat_seconds():.0f} s "
                          f"old is taken over)")
-    if run.data.tags.get(TAG_CONFIG) != job.key:
-        raise StageError(f"run {run_id} was started with other settings; resume it with the "
-                         f"options it ran with (its params show them)")
 
 
 def can_resume(run_id: str, stage: str) -> bool:
