@@ -93,3 +93,17 @@ def test_a_replaced_checkpoint_of_another_network_is_refused(store, tmp_path):
         assert (f"run {base}'s checkpoints/final.pt holds wrn-16-1" in result.error_lines[0]
                 and "the run made wrn-10-1" in result.error_lines[0]), result.error_lines
     assert {r.data.tags["mlprunes.stage"] for r in all_runs()} == {"train"}
+
+
+@pytest.mark.parametrize("history", ["not json", '{"0": 1}', '["a"]'])
+def test_a_prune_history_that_is_not_a_list_of_channels_is_refused(store, history):
+    from tests.test_stages import prune_args
+
+    base = cli(*TINY_TRAIN).run_id
+    prune = cli(*prune_args(base)).run_id
+    MlflowClient().log_text(prune, history, "prune_history.json")
+    result = cli("scratch", "--prune-run-id", prune, "--prunes", "2", "--no-progress")
+    assert result.exit_code != 0
+    assert f"prune run {prune}'s prune_history.json or arch.json is not valid" in \
+        result.error_lines[0]
+    assert "Traceback" not in result.stderr
