@@ -22,9 +22,14 @@ from mlflow.tracking import MlflowClient
 
 from mlprunes.errors import Interrupted, StageError
 
+# Retries of the first request: a server that is down when a stage starts is one clear line in
+# seconds. Once a stage has begun, MLflow's own retries apply (7, with backoff: about four
+# minutes), so that a server restarting under a long run does not kill it.
+FIRST_REQUEST_RETRIES = "2"
+_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+
+
 def configure_client() -> None:
-    """Fail in seconds, not minutes, when a tracking server is down (unless the user chose)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Our own progress goes to stderr; MLflow's per-download bars would drown it.
@@ -34,6 +39,8 @@ def configure_client() -> None:
 def check_tracking_store() -> None:
     """One cheap request, so an unreachable server is one clear error before any work."""
     uri = mlflow.get_tracking_uri()
+    chosen = os.environ.get(_RETRIES)  # a user's own setting applies throughout
+    os.environ[_RETRIES] = chosen or FIRST_REQUEST_RETRIES
     try:
         _first_request(uri)
     except Exception as err:  # connection errors arrive as several exception types
@@ -42,6 +49,9 @@ def check_tracking_store() -> None:
             reason = "Connection refused"
         raise StageError(f"cannot reach the MLflow tracking store at {uri}: "
                          f"{reason[:200]}") from None
+    finally:
+        if chosen is None:
+            del os.environ[_RETRIES]
 
 
 def _first_request(uri: str, attempts: int = 5) -> None:
