@@ -9,7 +9,6 @@ import json
 import math
 import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,6 +19,7 @@ from mlprunes.counting import count
 from mlprunes.data import DATASETS
 from mlprunes.engine.checkpoint import CheckpointError
 from mlprunes.engine.trainer import PRECISIONS, TrainingDiverged
+from mlprunes import signals
 from mlprunes.errors import Interrupted, StageError
 from mlprunes.jobs import (BUDGETS, CRITERIA, DEFAULT_EXPERIMENT, CompareJob, DataChoice,
                            DataConfig, EvaluateJob, FamilyJob, PruneJob, RecipeChoice,
@@ -191,28 +191,6 @@ def resume_option(stage: str):
                         help=f"Continue this interrupted {stage} run from its last checkpoint.")
 
 
-@contextmanager
-def stop_on_signals():
-    """SIGTERM (what Slurm, Kubernetes and `docker stop` send) and SIGINT raise Interrupted, so
-    that the stage unwinds: its runs end KILLED and its temporary folders are removed. Signals
-    that arrive while it unwinds are ignored, so that the clean-up finishes."""
-    stops = (signal.SIGTERM, signal.SIGINT)
-
-    def handler(signum, frame):
-        for s in stops:
-            signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    previous = {s: signal.getsignal(s) for s in stops}
-    for s in stops:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def stage_command(fn):
     """Run against a reachable store; bad input is one clear line and a non-zero exit; a
     signal ends the runs KILLED and exits with 128 + its number; the run ID the command returns
@@ -222,18 +200,21 @@ def stage_command(fn):
         from mlprunes.stages import tracking
 
         tracking.configure_client()
-        with stop_on_signals():
+        with signals.stop_on_signals():
             try:
                 tracking.check_tracking_store()
                 run_id = fn(*args, **kwargs)
             except (StageError, ArchError, PruningError, CheckpointError,
                     TrainingDiverged) as err:
                 raise click.ClickException(str(err)) from None
-            except Interrupted as stop:
-                click.echo(f"Error: stopped by {signal.Signals(stop.signum).name}; run the same "
+            except (Interrupted, Exception) as err:
+                signum = err.signum if isinstance(err, Interrupted) else signals.received()
+                if signum is None:
+                    raise
+                click.echo(f"Error: stopped by {signal.Signals(signum).name}; run the same "
                            f"command with --resume-run-id (a pipeline: run it again) to "
                            f"continue from the last checkpoint", err=True)
-                sys.exit(128 + stop.signum)
+                sys.exit(128 + signum)
         if run_id is not None:
             click.echo(run_id)
     return wrapper

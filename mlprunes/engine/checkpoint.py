@@ -18,6 +18,7 @@ from torch import nn
 
 from mlprunes.arch import ArchError, ArchSpec
 from mlprunes.nets import build
+from mlprunes.signals import deferred
 
 FORMAT = "mlprunes-checkpoint"
 VERSION = 1
@@ -54,11 +55,11 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with deferred(), os.fdopen(fd, "wb") as f:  # a stop signal waits for the whole file
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,6 +17,7 @@ import mlflow
 from mlprunes.engine.checkpoint import save_checkpoint
 from mlprunes.engine.trainer import Trainer, seed_everything
 from mlprunes.errors import StageError
+from mlprunes.signals import deferred
 from mlprunes.jobs import PruneJob
 from mlprunes.nets import build
 from mlprunes.pruning import Pruner, compress, make_saliency
@@ -112,12 +113,14 @@ def run(job: PruneJob, parent_run_id: str | None = None,
 
 def _log_saved(prunes: int, checkpoint: dict[str, Any], history: list[int],
                curve: list[dict[str, Any]], tmp: Path) -> None:
-    """A masked checkpoint, and the history and curve so far (overwritten at each save)."""
-    path = save_checkpoint(checkpoint, tmp / Path(contract.prune_checkpoint(prunes)).name)
-    mlflow.log_artifact(str(path), contract.CHECKPOINTS)
-    path.unlink()
-    mlflow.log_text(json.dumps(history), contract.PRUNE_HISTORY)
-    tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
+    """A masked checkpoint, and the history and curve so far (overwritten at each save), all
+    written before a stop signal takes effect."""
+    with deferred():
+        path = save_checkpoint(checkpoint, tmp / Path(contract.prune_checkpoint(prunes)).name)
+        mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+        path.unlink()
+        mlflow.log_text(json.dumps(history), contract.PRUNE_HISTORY)
+        tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
 
 
 def _resume(run_id: str, trainer: Trainer, pruner: Pruner, tmp: Path):

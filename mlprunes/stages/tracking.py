@@ -20,6 +20,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mlprunes import signals
 from mlprunes.errors import Interrupted, StageError
 
 # Retries of the first request: a server that is down when a stage starts is one clear line in
@@ -54,17 +55,23 @@ def check_tracking_store() -> None:
             del os.environ[_RETRIES]
 
 
-def _first_request(uri: str, attempts: int = 5) -> None:
-    """The first request creates a fresh SQLite store's tables; two processes that start on
-    one fresh store race to do it and one of them fails. A moment later the tables exist."""
-    for attempt in range(attempts):
+def _first_request(uri: str) -> None:
+    """The first request creates a fresh SQLite store's tables. Two processes that start on one
+    fresh store would race to do it and fail; a lock file beside the database lets one make
+    the tables while the other waits."""
+    if not uri.startswith("sqlite:///"):
+        MlflowClient().search_experiments(max_results=1)
+        return
+    import fcntl
+
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.init-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             MlflowClient().search_experiments(max_results=1)
-            return
-        except Exception:
-            if not uri.startswith("sqlite:") or attempt == attempts - 1:
-                raise
-            time.sleep(0.5 + attempt)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def set_experiment(name: str):
@@ -124,7 +131,9 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
         mlflow.set_tags(all_tags)
         try:
             yield run
-        except (Interrupted, KeyboardInterrupt):
+        except BaseException as err:
+            if not isinstance(err, (Interrupted, KeyboardInterrupt)) and not signals.received():
+                raise
             # Stopped from outside, not failed: KILLED, and resumable from its last checkpoint.
             mlflow.end_run("KILLED")
             print(f"run {run.info.run_id} stopped and marked KILLED", file=sys.stderr,

@@ -26,6 +26,7 @@ from mlprunes.engine.evaluate import evaluate
 from mlprunes.engine.recipes import Recipe
 from mlprunes.engine.trainer import Trainer, fit, seed_everything
 from mlprunes.errors import StageError
+from mlprunes.signals import deferred
 from mlprunes.jobs import DataConfig, RunConfig
 from mlprunes.nets import build
 from mlprunes.stages import contract, tracking
@@ -116,8 +117,9 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
                 f"({metrics['images_per_second']:.0f} img/s)")
             if epoch % t.checkpoint_every == 0 and epoch < t.recipe.epochs:
                 checkpoint = make_checkpoint(trainer.model, trainer_state=trainer.state_dict())
-                path = save_checkpoint(checkpoint, tmp / Path(contract.LAST).name)
-                mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+                with deferred():  # a stop signal waits until the checkpoint is whole
+                    path = save_checkpoint(checkpoint, tmp / Path(contract.LAST).name)
+                    mlflow.log_artifact(str(path), contract.CHECKPOINTS)
 
         fit(trainer, loaders.eval, callbacks=[log_epoch])
         spent = training_macs(count(t.spec, image_size).flops,
@@ -135,8 +137,9 @@ def log_final(model: torch.nn.Module, amp_dtype, loaders: Loaders, image_size, t
                **size_metrics(model.spec, image_size)}
     mlflow.log_metrics(metrics, step=step)
     checkpoint = make_checkpoint(model, meta={"test_error": result["error"]})
-    path = save_checkpoint(checkpoint, tmp / Path(contract.FINAL).name)
-    mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+    with deferred():
+        path = save_checkpoint(checkpoint, tmp / Path(contract.FINAL).name)
+        mlflow.log_artifact(str(path), contract.CHECKPOINTS)
     if log_model:
         log_network(model, image_size)
     say(f"test error {result['error']:.2f}% (top-5 {result['top5_error']:.2f}%), "
