@@ -107,3 +107,11 @@ def test_a_prune_history_that_is_not_a_list_of_channels_is_refused(store, histor
     assert f"prune run {prune}'s prune_history.json or arch.json is not valid" in \
         result.error_lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_network_too_big_for_this_machine_is_refused_before_it_is_built(store):
+    result = cli(*TINY_TRAIN, "--width", "2000")
+    assert result.exit_code != 0
+    assert "wrn-10-2000 has 295,943,296,474 parameters" in result.error_lines[0]
+    assert "GiB, and this machine has" in result.error_lines[0]
+    assert all_runs() == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 
 from mlprunes.arch import ArchSpec
+from mlprunes.counting import count_params
 from mlprunes.data import DataSplits, DatasetError, load_data
 from mlprunes.data.loader import DeviceLoader
 from mlprunes.engine.trainer import resolve_device
@@ -49,6 +51,26 @@ def make_loaders(splits: DataSplits, batch_size: int, run: RunConfig,
     val = DeviceLoader(splits.eval_set.images, splits.eval_set.labels, eval_batch_size,
                        train=False, **common)
     return Loaders(train, val, test)
+
+
+# Training holds each parameter about four times in fp32: the weight, its gradient, the SGD
+# momentum and a copy in the checkpoint being written. Activations come on top.
+BYTES_PER_TRAINED_PARAM = 16
+
+
+def check_fits(spec: ArchSpec) -> None:
+    """Refuse, before it is built, a network whose parameters alone would not fit in this
+    machine's memory (`family --budgets 1e11` would otherwise allocate until it is killed)."""
+    params = count_params(spec)
+    needed = params * BYTES_PER_TRAINED_PARAM
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
+        return
+    if needed > memory:
+        raise StageError(f"{spec.name} has {params:,} parameters: training it needs at least "
+                         f"{needed / 2**30:,.1f} GiB, and this machine has "
+                         f"{memory / 2**30:,.1f} GiB")
 
 
 def check_batches(loaders: Loaders) -> None:

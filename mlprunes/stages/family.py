@@ -9,7 +9,7 @@ from mlprunes.counting import count, scale_to_budget
 from mlprunes.errors import StageError
 from mlprunes.jobs import FamilyJob
 from mlprunes.stages import contract, tracking
-from mlprunes.stages.common import say, spec_json
+from mlprunes.stages.common import check_fits, say, spec_json
 from mlprunes.stages.trained import prepare, pruned_training, train_in_run
 
 
@@ -23,6 +23,8 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         members = [scale_to_budget(profile, b) for b in job.budgets]
     except ValueError as err:
         raise StageError(str(err)) from None
+    for member in members:
+        check_fits(member)
     name = job.run_name or f"family-{source.criterion}-{source.spec.name}-p{job.prunes}"
     data = job.data.over(contract.data_of(source.prune_run))
     size = data.image_size or 32

@@ -31,8 +31,8 @@ from mlprunes.jobs import DataConfig, RunConfig
 from mlprunes.nets import build
 from mlprunes.stages import contract, tracking
 from mlprunes.stages.contract import PrunedSource
-from mlprunes.stages.common import (Loaders, check_batches, load_splits, make_loaders, say,
-                                    spec_json)
+from mlprunes.stages.common import (Loaders, check_batches, check_fits, load_splits,
+                                    make_loaders, say, spec_json)
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class Prepared:
 
 def prepare(training: Training) -> Prepared:
     """Data, network and trainer, ready to train: bad data is an error before any run exists."""
-    splits = load_splits(training.data)
     spec = training.spec
+    check_fits(spec)
+    splits = load_splits(training.data)
     if spec.num_classes != splits.num_classes:
         raise StageError(
             f"the network has {spec.num_classes} classes but {training.data.dataset} has "
