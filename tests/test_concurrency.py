@@ -12,7 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.stage_helpers import all_runs, cli
-from tests.test_signals import LONG_TRAIN, start, terminate, wait_for_running
+from tests.test_signals import LONG_TRAIN, start, wait_for_running
 
 
 def test_a_live_run_is_refused_for_resume_and_a_silent_one_taken_over(store, tmp_path,

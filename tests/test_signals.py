@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.stage_helpers import TINY_DATA, TINY_TRAIN, all_runs, cli, read_artifact_text
+from tests.stage_helpers import TINY_TRAIN, all_runs, cli, read_artifact_text
 from tests.test_stages import prune_args
 
 LONG_TRAIN = [*TINY_TRAIN, "--epochs", "40", "--shapes-train", "512"]
