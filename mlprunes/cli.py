@@ -209,6 +209,10 @@ def stage_command(fn):
                 raise click.ClickException(str(err)) from None
             except (Interrupted, Exception) as err:
                 signum = err.signum if isinstance(err, Interrupted) else signals.received()
+                if signum is None and tracking.unreachable(err):  # outside any open run
+                    raise click.ClickException(
+                        f"lost the MLflow tracking store at {tracking.tracking_uri()} "
+                        f"({tracking.reason(err)}) after MLflow's retries") from None
                 if signum is None:
                     raise
                 click.echo(f"Error: stopped by {signal.Signals(signum).name}; run the same "

@@ -43,3 +43,13 @@ def store(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _kept_checkpoints(tmp_path_factory):
+    """Checkpoints a stage keeps on this machine go under the session's temporary folder (not
+    the user's cache); subprocesses inherit the variable."""
+    import os
+
+    os.environ["MLPRUNES_CHECKPOINT_DIR"] = str(tmp_path_factory.mktemp("kept"))
+    yield

@@ -1,4 +1,7 @@
-"""A real tracking server stopped for 30 s and restarted in the middle of a training run."""
+"""The tracking store going away: a real server stopped for 30 s and restarted mid-train, a
+server gone for good (the checkpoint kept on local disk, the run resumed from it once the store
+is back), a store that accepts connections and never answers, and a server that is not MLflow.
+"""
 
 import os
 import signal
@@ -8,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.stage_helpers import TINY_TRAIN
+from tests.stage_helpers import TINY_TRAIN, cli
 from tests.test_mlflow_integration import BIN, env_with_venv, free_port
 
 
@@ -34,6 +37,14 @@ def serve(folder: Path, port: int) -> subprocess.Popen:
             time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError((folder / "server.log").read_text()[-2000:])
+
+
+def point_at(url: str, monkeypatch) -> None:
+    """This process's MLflow client (and its children's) at `url`, restored after the test."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", url)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -84,3 +95,145 @@ def test_a_run_rides_out_a_server_restart_and_logs_every_epoch_once(tmp_path, mo
         if train is not None and train.poll() is None:
             train.kill()
         stop(server)
+
+
+def test_a_server_lost_for_good_is_one_line_naming_the_kept_checkpoint_and_a_resume_finishes(
+        tmp_path, monkeypatch):
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    point_at(url, monkeypatch)
+    epochs = 40
+    args = [*TINY_TRAIN, "--epochs", str(epochs), "--shapes-train", "512"]
+    # Few, short retries: "gone for good" arrives in seconds rather than MLflow's four minutes.
+    env = {**env_with_venv(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+                           MLFLOW_HTTP_REQUEST_TIMEOUT="3"), "PYTHONUNBUFFERED": "1"}
+    server = serve(folder, port)
+    train = None
+    try:
+        train = subprocess.Popen([str(BIN / "mlprunes"), *args], env=env, cwd=str(tmp_path),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        client = MlflowClient(url)
+        run_id, deadline = None, time.time() + 120
+        while time.time() < deadline and train.poll() is None:
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2:
+                run_id = runs[0].info.run_id
+                break
+            time.sleep(0.2)
+        assert run_id is not None and train.poll() is None, "training ended before the outage"
+        stop(server)
+        out, _ = train.communicate(timeout=300)
+        assert train.returncode == 1, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        errors = [line for line in out.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1, out[-3000:]
+        assert f"lost the MLflow tracking store at {url}" in errors[0]
+        assert f"during run {run_id}" in errors[0] and "--resume-run-id" in errors[0]
+        kept = Path(errors[0].split("kept at ")[1].split(". Once")[0])
+        assert kept.is_file() and kept.name == "last.pt" and kept.parent.name == run_id
+
+        server = serve(folder, port)
+        assert client.get_run(run_id).info.status == "RUNNING"  # as the store last saw it
+        monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.5")  # stale after 1.5 s
+        time.sleep(2)
+        resumed = cli(*args, "--resume-run-id", run_id)
+        assert resumed.run_id == run_id
+        assert f"resuming run {run_id} after epoch" in resumed.stderr
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, epochs + 1))  # every epoch, none twice
+        assert not kept.parent.exists()  # the store has everything now
+    finally:
+        if train is not None and train.poll() is None:
+            train.kill()
+        stop(server)
+
+
+def test_a_checkpoint_the_store_never_got_is_resumed_from_the_copy_kept_on_disk(store,
+                                                                               monkeypatch):
+    import mlflow
+    import requests
+
+    args = [*TINY_TRAIN, "--epochs", "4"]
+    uploads = []
+    real_log_artifact = mlflow.log_artifact
+
+    def store_gone_at_second_checkpoint(local_path, artifact_path=None, *a, **k):
+        if str(local_path).endswith("last.pt"):
+            uploads.append(local_path)
+            if len(uploads) == 2:
+                raise requests.exceptions.ConnectionError("Connection refused")
+        return real_log_artifact(local_path, artifact_path, *a, **k)
+
+    monkeypatch.setattr(mlflow, "log_artifact", store_gone_at_second_checkpoint)
+    lost = cli(*args)
+    assert lost.exit_code == 1 and len(lost.error_lines) == 1, (lost.stderr, lost.exception)
+    assert "lost the MLflow tracking store" in lost.error_lines[0]
+    kept = Path(lost.error_lines[0].split("kept at ")[1].split(". Once")[0])
+    assert kept.is_file()
+    run_id = kept.parent.name
+    monkeypatch.setattr(mlflow, "log_artifact", real_log_artifact)
+
+    # The store holds epoch 1's checkpoint; this machine kept epoch 2's.
+    resumed = cli(*args, "--resume-run-id", run_id)
+    assert resumed.run_id == run_id
+    assert f"resuming run {run_id} after epoch 2 from the checkpoint kept at {kept}" in \
+        resumed.stderr
+    client = MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    uninterrupted = client.get_run(cli(*args).run_id).data.metrics
+    assert client.get_run(run_id).data.metrics["test_error"] == uninterrupted["test_error"]
+    assert client.get_run(run_id).data.metrics["test_loss"] == uninterrupted["test_loss"]
+    assert not kept.parent.exists()
+
+
+def test_a_store_that_accepts_but_never_answers_fails_within_the_timeout(store, monkeypatch):
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(16)],
+                     daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    point_at(url, monkeypatch)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "4")
+    try:
+        started = time.time()
+        result = cli(*TINY_TRAIN)
+        took = time.time() - started
+    finally:
+        listener.close()
+    assert result.exit_code == 1
+    assert result.error_lines == [
+        f"Error: the MLflow tracking store at {url} accepted the connection but did not answer "
+        f"within 10 s (MLFLOW_HTTP_REQUEST_TIMEOUT)"]
+    assert took < 25  # not (retries + 1) x the timeout
+
+
+def test_a_server_that_is_not_mlflow_is_named_as_such(store, monkeypatch):
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test's output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    point_at(url, monkeypatch)
+    try:
+        result = cli(*TINY_TRAIN)
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1
+    assert result.error_lines == [
+        f"Error: cannot reach the MLflow tracking store at {url}: it answered HTTP 501 to an "
+        f"MLflow API request; is it an MLflow tracking server?"]

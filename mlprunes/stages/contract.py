@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import mlflow
 from mlflow.entities import Run
@@ -26,7 +26,7 @@ from mlprunes.engine.recipes import Recipe
 from mlprunes.errors import Claimed, StageError
 from mlprunes.jobs import KEY_VERSION, DataConfig, Job
 from mlprunes.pruning import spec_after
-from mlprunes.stages import tracking
+from mlprunes.stages import kept, tracking
 
 # -- stages ------------------------------------------------------------------------------------
 TRAIN, PRUNE, SCRATCH, FAMILY = "train", "prune", "scratch", "family"
@@ -85,13 +85,35 @@ def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
     all_tags = {TAG_STAGE: job.stage, TAG_HEARTBEAT: _beat(), **tags}
     if job.reusable:
         all_tags.update({TAG_CONFIG: job.key, TAG_KEY_VERSION: str(KEY_VERSION)})
-    with tracking.open_run(experiment=experiment or job.run.experiment, run_name=run_name,
-                           tags=all_tags, parent_run_id=parent_run_id,
-                           resume_run_id=resume_run_id) as run:
-        if job.reusable and parent_run_id is not None and resume_run_id is None:
-            _claim(job, run)
-        with heartbeat(run.info.run_id):
-            yield run
+    run_id = resume_run_id
+    if resume_run_id is not None:
+        _take_over(resume_run_id)
+    try:
+        with tracking.open_run(experiment=experiment or job.run.experiment, run_name=run_name,
+                               tags=all_tags, parent_run_id=parent_run_id,
+                               resume_run_id=resume_run_id) as run:
+            run_id = run.info.run_id
+            if job.reusable and parent_run_id is not None and resume_run_id is None:
+                _claim(job, run)
+            with heartbeat(run_id):
+                yield run
+    except tracking.StoreLost as lost:
+        if run_id is None or str(lost).endswith(_RESUME_HINT):  # said by an inner run already
+            raise
+        local = kept.newest(run_id)
+        where = (f"its latest checkpoint is kept at {local}" if local is not None
+                 else "it saved no checkpoint yet")
+        raise tracking.StoreLost(f"{lost}; {where}. {_RESUME_HINT}") from None
+    except BaseException:
+        if run_id is not None:
+            kept.discard(run_id)  # the store has what the run saved
+        raise
+    else:
+        kept.discard(run_id)
+
+
+_RESUME_HINT = ("Once the store answers, continue with --resume-run-id (a pipeline: run it "
+                "again)")
 
 
 # -- liveness ----------------------------------------------------------------------------------
@@ -102,8 +124,14 @@ def heartbeat_seconds() -> float:
     return float(os.environ.get("MLPRUNES_HEARTBEAT_SECONDS", "30"))
 
 
-def _beat() -> str:
-    return f"{time.time():.1f} {socket.gethostname()} {os.getpid()}"
+def _beat(note: str = "") -> str:
+    return f"{time.time():.1f} {socket.gethostname()} {os.getpid()}{note}"
+
+
+_RESUMING = " resuming"   # the note on a heartbeat written by a process taking a run over
+# How long a process taking over a run waits before reading its heartbeat back: longer than two
+# tag writes that crossed could land apart.
+TAKEOVER_SETTLE_SECONDS = 2.0
 
 
 @contextmanager
@@ -129,14 +157,16 @@ def heartbeat(run_id: str) -> Iterator[None]:
 
 
 def alive(run: Run) -> str | None:
-    """For a RUNNING run whose heartbeat is fresh: where it runs ("host H, pid P"); else None."""
-    if run.info.status != "RUNNING":
+    """Where a run is alive ("host H, pid P"), or None: a RUNNING run whose heartbeat is fresh,
+    or an interrupted one that a process is taking over (it has not reopened it yet)."""
+    beat = run.data.tags.get(TAG_HEARTBEAT, "")
+    if run.info.status != "RUNNING" and not beat.endswith(_RESUMING):
         return None
-    parts = run.data.tags.get(TAG_HEARTBEAT, "").split()
+    parts = beat.split()
     last = float(parts[0]) if parts else run.info.start_time / 1000
     if time.time() - last > 3 * heartbeat_seconds():
         return None
-    return f"host {parts[1]}, pid {parts[2]}" if len(parts) == 3 else "an unknown host"
+    return f"host {parts[1]}, pid {parts[2]}" if len(parts) >= 3 else "an unknown host"
 
 
 def _claim(job: Job, run: Run) -> None:
@@ -193,11 +223,35 @@ def check_resumable(run_id: str, job: Job) -> None:
     if run.data.tags.get(TAG_CONFIG) != job.key:
         raise StageError(f"run {run_id} was started with other settings; resume it with the "
                          f"options it ran with (its params show them)")
+    _refuse_if_alive(run)
+
+
+def _refuse_if_alive(run: Run) -> None:
     where = alive(run)
-    if where is not None:
-        raise StageError(f"run {run_id} is running on {where}; wait for it or stop that "
-                         f"process (a run whose heartbeat is {3 * heartbeat_seconds():.0f} s "
-                         f"old is taken over)")
+    if where is None:
+        return
+    if mlflow.active_run() is not None:  # in a pipeline: wait for that process instead
+        raise Claimed(run.info.run_id)
+    raise StageError(f"run {run.info.run_id} is running on {where}; wait for it or stop that "
+                     f"process (a run whose heartbeat is {3 * heartbeat_seconds():.0f} s old "
+                     f"is taken over)")
+
+
+def _take_over(run_id: str) -> None:
+    """Make an interrupted run this process's to resume, just before reopening it. Two
+    processes that both found it interrupted both write their heartbeat, wait, and read it
+    back: the one whose beat was overwritten yields, as to a live run. (MLflow has no
+    compare-and-set; this relies on two crossing writes landing within
+    TAKEOVER_SETTLE_SECONDS of each other.)"""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    _refuse_if_alive(run)  # taken since the resume was checked
+    mine = _beat(_RESUMING)
+    client.set_tag(run_id, TAG_HEARTBEAT, mine)
+    time.sleep(TAKEOVER_SETTLE_SECONDS)
+    run = client.get_run(run_id)
+    if run.data.tags.get(TAG_HEARTBEAT) != mine:
+        _refuse_if_alive(run)
 
 
 def can_resume(run_id: str, stage: str) -> bool:
@@ -234,6 +288,26 @@ def saved_prune_counts(run_id: str) -> list[int]:
     """The prune counts at which a prune run saved a masked checkpoint."""
     found = (_PRUNE_CHECKPOINT.search(p) for p in tracking.list_artifacts(run_id, CHECKPOINTS))
     return sorted(int(m.group(1)) for m in found if m)
+
+
+def resume_checkpoint(run_id: str, artifact: str | None, tmp: Path, map_location: Any,
+                      progress: Callable[[dict[str, Any]], int]) -> dict[str, Any] | None:
+    """The checkpoint to continue an interrupted run from: its `artifact` in the store or the
+    copy this machine kept (`kept.py`), whichever got further; None if it saved none. The
+    kept copy is the newer one when the store was lost before it could take the upload."""
+    candidates = []
+    if artifact is not None:
+        candidates.append(load_run_checkpoint(run_id, artifact, tmp, map_location))
+    local = kept.newest(run_id)
+    if local is not None:
+        try:
+            checkpoint = load_checkpoint(local, map_location=map_location)
+        except CheckpointError as err:
+            raise StageError(f"run {run_id}'s checkpoint kept on this machine: {err}; delete "
+                             f"it to resume from the store's") from None
+        checkpoint["kept_at"] = str(local)
+        candidates.append(checkpoint)
+    return max(candidates, key=progress) if candidates else None
 
 
 def load_run_checkpoint(run_id: str, artifact: str, tmp: Path,

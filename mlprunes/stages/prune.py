@@ -23,7 +23,7 @@ from mlprunes.nets import build
 from mlprunes.pruning import Pruner, compress, make_saliency
 from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, prune_while_finetuning,
                                    restore)
-from mlprunes.stages import contract, tracking
+from mlprunes.stages import contract, kept, tracking
 from mlprunes.stages.common import check_batches, load_splits, make_loaders, say, spec_json
 from mlprunes.stages.trained import log_final
 
@@ -75,7 +75,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
             if resume_run_id is not None:
                 start, curve = _resume(run_id, trainer, pruner, tmp)
                 logged_through = tracking.last_logged_step(run_id, "val_error")
-            else:
+            if start == 0:  # params already on a resumed run are left as they are
                 tracking.log_params({
                     "base_run_id": job.base_run_id, "criterion": job.criterion,
                     "prunes": job.prunes, "prune_every": job.prune_every,
@@ -97,8 +97,8 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                                    step=point["prunes"])
 
             def log_checkpoint(prunes: int, checkpoint: dict[str, Any]) -> None:
-                _log_saved(prunes, checkpoint, pruner.history,
-                           checkpoint["meta"]["curve"], tmp)
+                _log_saved(run_id, prunes, checkpoint, pruner.history,
+                           checkpoint["meta"]["curve"])
 
             prune_while_finetuning(trainer, pruner, job.schedule, loaders.eval,
                                    splits.image_size, start=start, curve=curve,
@@ -111,24 +111,32 @@ def run(job: PruneJob, parent_run_id: str | None = None,
             return run_id
 
 
-def _log_saved(prunes: int, checkpoint: dict[str, Any], history: list[int],
-               curve: list[dict[str, Any]], tmp: Path) -> None:
+def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: list[int],
+               curve: list[dict[str, Any]]) -> None:
     """A masked checkpoint, and the history and curve so far (overwritten at each save), all
-    written before a stop signal takes effect."""
+    written before a stop signal takes effect. The newest checkpoint is also kept on this
+    machine, in case the store is lost before it takes the upload."""
     with deferred():
-        path = save_checkpoint(checkpoint, tmp / Path(contract.prune_checkpoint(prunes)).name)
+        name = Path(contract.prune_checkpoint(prunes)).name
+        path = save_checkpoint(checkpoint, kept.path(run_id, name))
         mlflow.log_artifact(str(path), contract.CHECKPOINTS)
-        path.unlink()
+        for older in path.parent.glob("prunes_*.pt"):
+            if older != path:
+                older.unlink()
         mlflow.log_text(json.dumps(history), contract.PRUNE_HISTORY)
         tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
 
 
 def _resume(run_id: str, trainer: Trainer, pruner: Pruner, tmp: Path):
     counts = contract.saved_prune_counts(run_id)
-    if not counts:
-        raise StageError(f"cannot resume prune run {run_id}: it saved no checkpoint")
-    checkpoint = contract.load_run_checkpoint(run_id, contract.prune_checkpoint(counts[-1]),
-                                              tmp / "resume", map_location=trainer.device)
+    checkpoint = contract.resume_checkpoint(
+        run_id, contract.prune_checkpoint(counts[-1]) if counts else None, tmp / "resume",
+        map_location=trainer.device, progress=lambda c: c["meta"]["prunes"])
+    if checkpoint is None:  # killed before its first checkpoint: the same run, from the start
+        say(f"prune run {run_id} saved no checkpoint; pruning again from the start")
+        return 0, []
     start, curve = restore(checkpoint, trainer, pruner)
-    say(f"resuming prune run {run_id} after {start} prunes")
+    kept_at = checkpoint.get("kept_at")
+    say(f"resuming prune run {run_id} after {start} prunes"
+        + (f" from the checkpoint kept at {kept_at}" if kept_at else ""))
     return start, curve

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,13 +29,26 @@ from mlprunes.errors import Interrupted, StageError
 # minutes), so that a server restarting under a long run does not kill it.
 FIRST_REQUEST_RETRIES = "2"
 _RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+# However the first request is retried, a store that accepts connections but never answers is
+# given up on after the configured request timeout (or this floor, which covers the retries of a
+# refused connection).
+_FIRST_REQUEST_FLOOR_SECONDS = 10.0
+
+
+class StoreLost(StageError):
+    """The tracking store stopped answering in the middle of a stage, after MLflow's retries."""
 
 
 def configure_client() -> None:
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault(_TIMEOUT, "30")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Our own progress goes to stderr; MLflow's per-download bars would drown it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
 
 
 def check_tracking_store() -> None:
@@ -43,16 +57,88 @@ def check_tracking_store() -> None:
     chosen = os.environ.get(_RETRIES)  # a user's own setting applies throughout
     os.environ[_RETRIES] = chosen or FIRST_REQUEST_RETRIES
     try:
-        _first_request(uri)
+        _within_deadline(lambda: _first_request(uri), uri)
+    except StageError:
+        raise
     except Exception as err:  # connection errors arrive as several exception types
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        if "Connection refused" in str(err):
-            reason = "Connection refused"
-        raise StageError(f"cannot reach the MLflow tracking store at {uri}: "
-                         f"{reason[:200]}") from None
+        raise StageError(f"cannot reach the MLflow tracking store at {uri}: {reason(err)}"
+                         ) from None
     finally:
         if chosen is None:
             del os.environ[_RETRIES]
+
+
+def _within_deadline(request, uri: str) -> None:
+    """Run `request`, giving up once the request timeout has passed: MLflow retries a read
+    that timed out as it retries a refused connection, so a server that accepts and never
+    answers would otherwise take (retries + 1) x the timeout."""
+    import threading
+
+    deadline = max(float(os.environ.get(_TIMEOUT, "30")), _FIRST_REQUEST_FLOOR_SECONDS)
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            request()
+            outcome.append(None)
+        except BaseException as err:  # handed to the caller's thread
+            outcome.append(err)
+
+    # A daemon thread: a request still hanging must not keep the process from exiting.
+    worker = threading.Thread(target=attempt, name="first-request", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if not outcome:
+        raise StageError(f"the MLflow tracking store at {uri} accepted the connection but did "
+                         f"not answer within {deadline:.0f} s ({_TIMEOUT})")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def reason(err: BaseException) -> str:
+    """The part of a failed request's error that says why, in a few words."""
+    text = str(err)
+    if "Connection refused" in text:
+        return "Connection refused"
+    if "Read timed out" in text:
+        return "it did not answer in time"
+    status = re.search(r"error code (\d+) != 200", text)
+    if status:
+        return (f"it answered HTTP {status.group(1)} to an MLflow API request; is it an MLflow "
+                f"tracking server?")
+    lines = [line for line in text.strip().splitlines() if line.strip(" '\"")]
+    return lines[-1][:200] if lines else type(err).__name__
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether `err` is the tracking store not answering (a refused connection, a timeout, a
+    server error) once MLflow's retries were spent."""
+    import requests
+
+    lost = (StoreLost, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            requests.exceptions.RetryError)
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, lost):
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return False
+
+
+@contextmanager
+def failing_fast() -> Iterator[None]:
+    """Requests in this block are tried once, briefly: for tidying up after the store was
+    lost, which must not wait through another round of retries."""
+    saved = {k: os.environ.get(k) for k in (_RETRIES, _TIMEOUT)}
+    os.environ.update({_RETRIES: "0", _TIMEOUT: "5"})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _first_request(uri: str) -> None:
@@ -132,6 +218,16 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
         try:
             yield run
         except BaseException as err:
+            if unreachable(err):
+                # The run cannot be marked now: it stays as the store last saw it, and once
+                # its heartbeat is stale it is taken for interrupted (and can be resumed).
+                with failing_fast(), suppress(Exception):
+                    mlflow.end_run("FAILED")
+                if isinstance(err, StoreLost):
+                    raise
+                raise StoreLost(f"lost the MLflow tracking store at {mlflow.get_tracking_uri()}"
+                                f" ({reason(err)}) after MLflow's retries, during run "
+                                f"{run.info.run_id}") from None
             if not isinstance(err, (Interrupted, KeyboardInterrupt)) and not signals.received():
                 raise
             # Stopped from outside, not failed: KILLED, and resumable from its last checkpoint.

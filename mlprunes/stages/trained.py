@@ -29,7 +29,7 @@ from mlprunes.errors import StageError
 from mlprunes.signals import deferred
 from mlprunes.jobs import DataConfig, RunConfig
 from mlprunes.nets import build
-from mlprunes.stages import contract, tracking
+from mlprunes.stages import contract, kept, tracking
 from mlprunes.stages.contract import PrunedSource
 from mlprunes.stages.common import (Loaders, check_batches, check_fits, load_splits,
                                     make_loaders, say, spec_json)
@@ -90,21 +90,30 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
     final metrics."""
     t, trainer, loaders = prepared.training, prepared.trainer, prepared.loaders
     image_size = prepared.splits.image_size
-    logged_through = -1
+    logged_through, checkpoint = -1, None
     with tracking.scratch_dir(t.label) as tmp:
         if resume:
             logged_through = tracking.last_logged_step(run_id, "train_loss")
-            checkpoint = contract.load_run_checkpoint(run_id, contract.LAST, tmp / "resume",
-                                                      map_location=trainer.device)
+            saved = contract.LAST in tracking.list_artifacts(run_id, contract.CHECKPOINTS)
+            checkpoint = contract.resume_checkpoint(
+                run_id, contract.LAST if saved else None, tmp / "resume",
+                map_location=trainer.device,
+                progress=lambda c: c["trainer"]["position"]["step"])
+        if checkpoint is not None:
             if checkpoint["spec"] != trainer.model.spec:
                 raise StageError(f"cannot resume run {run_id}: its checkpoint is a different "
                                  f"network")
             trainer.load_state_dict({"model": checkpoint["model"], **checkpoint["trainer"]})
-            say(f"resuming run {run_id} after epoch {trainer.position.epoch}")
+            kept_at = checkpoint.get("kept_at")
+            say(f"resuming run {run_id} after epoch {trainer.position.epoch}"
+                + (f" from the checkpoint kept at {kept_at}" if kept_at else ""))
         else:
-            tracking.log_params({**training_params(t), **params})
+            if resume:  # killed before its first checkpoint: the same run, from the start
+                say(f"run {run_id} saved no checkpoint; training it again from the start")
+            tracking.log_params({**training_params(t), **params})  # skips those logged
             mlflow.log_text(spec_json(t.spec), contract.ARCH)
-            mlflow.log_metrics(size_metrics(t.spec, image_size), step=0)
+            if tracking.last_logged_step(run_id, "params") < 0:
+                mlflow.log_metrics(size_metrics(t.spec, image_size), step=0)
         say(f"[{t.label}] {name}: {t.spec.name}, "
             f"{size_metrics(t.spec, image_size)['params']:,.0f} params, {t.recipe.epochs} "
             f"epochs on {t.data.dataset} ({len(prepared.splits.train)} images), run {run_id}")
@@ -119,7 +128,8 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
             if epoch % t.checkpoint_every == 0 and epoch < t.recipe.epochs:
                 checkpoint = make_checkpoint(trainer.model, trainer_state=trainer.state_dict())
                 with deferred():  # a stop signal waits until the checkpoint is whole
-                    path = save_checkpoint(checkpoint, tmp / Path(contract.LAST).name)
+                    # Kept on this machine too, in case the store is lost before the upload.
+                    path = save_checkpoint(checkpoint, kept.path(run_id, Path(contract.LAST).name))
                     mlflow.log_artifact(str(path), contract.CHECKPOINTS)
 
         fit(trainer, loaders.eval, callbacks=[log_epoch])

@@ -71,11 +71,12 @@ def run_node(name: str, job: Job, launch: Launch, store: RunStore,
         interrupted = store.resumable(job)
         if interrupted is not None:
             log(f"[pipeline] {name}: resuming interrupted run {interrupted}")
-            return Step(name, job.stage, launch(job, parent_run_id, interrupted), RESUMED)
-        log(f"[pipeline] {name}: starting")
+        else:
+            log(f"[pipeline] {name}: starting")
         try:
-            return Step(name, job.stage, launch(job, parent_run_id, None), NEW)
-        except Claimed as claim:
+            return Step(name, job.stage, launch(job, parent_run_id, interrupted),
+                        NEW if interrupted is None else RESUMED)
+        except Claimed as claim:  # another process started or took over the job first
             log(f"[pipeline] {name}: run {claim.run_id} claimed this job first; waiting")
             store.wait(claim.run_id)
 
