@@ -53,3 +53,52 @@ def test_two_pipelines_on_one_fresh_store_train_each_job_once(store, tmp_path):
     assert sorted(r.info.status for r in pipelines) == ["FINISHED", "FINISHED"]
     # Between them they waited for, or reused, what the other made.
     assert any("waiting" in out or "reusing" in out for out in outputs), outputs
+
+
+def test_two_processes_resuming_one_interrupted_run_at_once_leave_it_to_one(store, tmp_path):
+    client = MlflowClient()
+    proc, _ = start(LONG_TRAIN, tmp_path)
+    run_id = wait_for_running(proc, "train", "checkpoints/last.pt")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert client.get_run(run_id).info.status == "KILLED"
+    # Both find it interrupted; the one whose takeover was overwritten yields to the other.
+    resumers = [start([*LONG_TRAIN, "--resume-run-id", run_id], tmp_path)[0] for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in resumers]
+    codes = sorted(p.returncode for p in resumers)
+    assert codes == [0, 1], [o[-1500:] for o in outputs]
+    loser = outputs[[p.returncode for p in resumers].index(1)]
+    assert f"Error: run {run_id} is running on host" in loser
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 41))  # one process logged each epoch, once
+
+
+def test_a_takeover_overwritten_while_it_settles_yields_to_the_other_process(store,
+                                                                             monkeypatch):
+    import pytest
+
+    from mlprunes.errors import Claimed, StageError
+    from mlprunes.stages import contract
+
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("takeover")).info.run_id
+    client.set_terminated(run_id, "KILLED")
+
+    def other_process_takes_it(seconds):  # its write lands while this one waits
+        client.set_tag(run_id, contract.TAG_HEARTBEAT, f"{time.time()} otherhost 4242 resuming")
+
+    real_sleep = time.sleep
+    monkeypatch.setattr(contract.time, "sleep", other_process_takes_it)
+    with pytest.raises(StageError, match=f"run {run_id} is running on host otherhost, pid 4242"):
+        contract._take_over(run_id)
+    # A third process now finds the run taken; inside a pipeline it waits rather than fails.
+    import mlflow
+
+    with mlflow.start_run(experiment_id=client.get_run(run_id).info.experiment_id):
+        with pytest.raises(Claimed):
+            contract._take_over(run_id)
+    monkeypatch.setattr(contract.time, "sleep", real_sleep)
+    client.set_tag(run_id, contract.TAG_HEARTBEAT, "1.0 otherhost 4242 resuming")  # went stale
+    contract._take_over(run_id)  # taken over
+    assert client.get_run(run_id).data.tags[contract.TAG_HEARTBEAT].endswith(" resuming")

@@ -222,3 +222,35 @@ def test_runs_keyed_by_an_older_mlprunes_are_named_and_not_reused(store):
     result = cli("pipeline", "--preset", "tiny", "--dry-run")
     assert "1 run(s) in this experiment were keyed by an older mlprunes" in result.stderr
     assert result.stdout.strip().splitlines()[-1].endswith("0 finished, 0 to resume, 10 to run")
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_is_resumed_from_the_start(store,
+                                                                               monkeypatch):
+    import mlflow
+
+    args = [*TINY_TRAIN, "--epochs", "3"]
+    real_log_artifact = mlflow.log_artifact
+
+    def disk_trouble(local_path, *a, **k):
+        if str(local_path).endswith("last.pt"):
+            raise OSError("No space left on device")
+        return real_log_artifact(local_path, *a, **k)
+
+    monkeypatch.setattr(mlflow, "log_artifact", disk_trouble)
+    failed = cli(*args)
+    assert failed.exit_code != 0
+    run_id = all_runs()[0].info.run_id
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert not client.list_artifacts(run_id, "checkpoints")
+    monkeypatch.setattr(mlflow, "log_artifact", real_log_artifact)
+
+    resumed = cli(*args, "--resume-run-id", run_id)
+    assert resumed.run_id == run_id
+    assert f"run {run_id} saved no checkpoint; training it again from the start" in \
+        resumed.stderr
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "params")] == [0, 3]
+    fresh = client.get_run(cli(*args).run_id).data.metrics
+    assert client.get_run(run_id).data.metrics["test_error"] == fresh["test_error"]
