@@ -212,7 +212,7 @@ def stage_command(fn):
                 if signum is None and tracking.unreachable(err):  # outside any open run
                     raise click.ClickException(
                         f"lost the MLflow tracking store at {tracking.tracking_uri()} "
-                        f"({tracking.reason(err)}) after MLflow's retries") from None
+                        f"({tracking.reason(err)})") from None
                 if signum is None:
                     raise
                 click.echo(f"Error: stopped by {signal.Signals(signum).name}; run the same "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.stage_helpers import all_runs, cli
+from tests.stage_helpers import TINY_TRAIN, all_runs, cli
 from tests.test_signals import LONG_TRAIN, start, wait_for_running
 
 
@@ -102,3 +102,48 @@ def test_a_takeover_overwritten_while_it_settles_yields_to_the_other_process(sto
     client.set_tag(run_id, contract.TAG_HEARTBEAT, "1.0 otherhost 4242 resuming")  # went stale
     contract._take_over(run_id)  # taken over
     assert client.get_run(run_id).data.tags[contract.TAG_HEARTBEAT].endswith(" resuming")
+
+
+def _lock(store_uri: str):
+    """Another process's write transaction holding the SQLite store, as many writers at once
+    would."""
+    import sqlite3
+
+    connection = sqlite3.connect(store_uri.removeprefix("sqlite:///"), isolation_level=None)
+    connection.execute("BEGIN EXCLUSIVE")
+    return connection
+
+
+def test_a_sqlite_store_locked_past_its_timeout_is_one_line_that_recommends_a_server(store):
+    MlflowClient().search_experiments()  # the store exists
+    lock = _lock(store)
+    try:
+        result = cli(*TINY_TRAIN)
+    finally:
+        lock.close()
+    assert result.exit_code == 1
+    assert len(result.error_lines) == 1, result.stderr
+    assert "the SQLite database stayed locked by another process" in result.error_lines[0]
+    assert "start a tracking server (mlflow server)" in result.error_lines[0]
+    assert not all_runs()
+
+
+def test_a_sqlite_store_locked_mid_run_stops_it_with_one_line_and_it_resumes(store, tmp_path,
+                                                                            monkeypatch):
+    proc, _ = start(LONG_TRAIN, tmp_path)
+    run_id = wait_for_running(proc, "train", "checkpoints/last.pt")
+    lock = _lock(store)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        lock.close()
+    assert proc.returncode == 1, out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "stayed locked by another process" in errors[0], out[-2000:]
+    assert f"during run {run_id}" in errors[0] and "--resume-run-id" in errors[0]
+    monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.2")
+    time.sleep(1.0)
+    assert cli(*LONG_TRAIN, "--resume-run-id", run_id).run_id == run_id
+    steps = [m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 41))

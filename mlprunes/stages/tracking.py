@@ -7,6 +7,7 @@ contract's (`contract.py`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -45,6 +46,13 @@ def configure_client() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Our own progress goes to stderr; MLflow's per-download bars would drown it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A locked SQLite store is said in one line of ours; MLflow would log its traceback first.
+    logging.getLogger("mlflow.store.db.utils").addFilter(_not_a_lock)
+
+
+def _not_a_lock(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or _LOCKED not in _chain_text(error)
 
 
 def tracking_uri() -> str:
@@ -98,6 +106,10 @@ def _within_deadline(request, uri: str) -> None:
 def reason(err: BaseException) -> str:
     """The part of a failed request's error that says why, in a few words."""
     text = str(err)
+    if _LOCKED in _chain_text(err):
+        return ("the SQLite database stayed locked by another process past SQLite's timeout; "
+                "SQLite takes one writer at a time: for studies that run at once, start a "
+                "tracking server (mlflow server) and point MLFLOW_TRACKING_URI at it")
     if "Connection refused" in text:
         return "Connection refused"
     if "Read timed out" in text:
@@ -110,19 +122,28 @@ def reason(err: BaseException) -> str:
     return lines[-1][:200] if lines else type(err).__name__
 
 
+_LOCKED = "database is locked"
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = err
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+
+
+def _chain_text(err: BaseException) -> str:
+    return "\n".join(str(e) for e in _chain(err))
+
+
 def unreachable(err: BaseException) -> bool:
     """Whether `err` is the tracking store not answering (a refused connection, a timeout, a
-    server error) once MLflow's retries were spent."""
+    server error, a SQLite file locked by others) once the retries were spent."""
     import requests
 
     lost = (StoreLost, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
             requests.exceptions.RetryError)
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, lost):
-            return True
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
-    return False
+    return any(isinstance(e, lost) for e in _chain(err)) or _LOCKED in _chain_text(err)
 
 
 @contextmanager
@@ -226,8 +247,7 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
                 if isinstance(err, StoreLost):
                     raise
                 raise StoreLost(f"lost the MLflow tracking store at {mlflow.get_tracking_uri()}"
-                                f" ({reason(err)}) after MLflow's retries, during run "
-                                f"{run.info.run_id}") from None
+                                f" ({reason(err)}) during run {run.info.run_id}") from None
             if not isinstance(err, (Interrupted, KeyboardInterrupt)) and not signals.received():
                 raise
             # Stopped from outside, not failed: KILLED, and resumable from its last checkpoint.
