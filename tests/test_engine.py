@@ -1,6 +1,8 @@
+import time
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from mlprunes import arch
@@ -169,3 +171,50 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_keys():
         losses[compiled] = trainer.train_epoch()["train_loss"]
         assert all(not k.startswith("_orig_mod") for k in trainer.state_dict()["model"])
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_latencies_are_timed_in_turn_and_their_spread_says_when_repeats_disagree():
+    from mlprunes.engine.latency import time_calls
+
+    calls = []
+    steady_ms, parity = 2e-3, [0]
+
+    def steady():
+        calls.append("steady")
+        time.sleep(steady_ms)
+
+    def unsteady():  # every other call ten times slower: a machine busy half the time
+        calls.append("unsteady")
+        parity[0] ^= 1
+        time.sleep(steady_ms * (10 if parity[0] else 1))
+
+    timed = time_calls({"steady": steady, "unsteady": unsteady}, torch.device("cpu"),
+                       repeats=8, warmup=1)
+    assert calls == ["steady", "unsteady"] * 9  # one warm-up round, then A B A B ...
+    assert len(timed["steady"].times) == 8
+    assert timed["steady"].median == pytest.approx(steady_ms, rel=0.5)
+    assert timed["steady"].steady and timed["steady"].spread < 0.5
+    assert not timed["unsteady"].steady and timed["unsteady"].spread > 1
+
+
+def test_evaluate_logs_no_latency_whose_repeats_disagree(store, monkeypatch):
+    from mlprunes.engine.latency import Latency
+    from mlprunes.stages import evaluate as evaluate_stage
+    from tests.stage_helpers import TINY_TRAIN, cli
+
+    base = cli(*TINY_TRAIN).run_id
+
+    def busy_machine(models, batch_size, *args, **kwargs):
+        times = (0.001, 0.001, 0.050, 0.050) if batch_size == 8 else (0.001,) * 4
+        return {name: Latency(times) for name in models}
+
+    monkeypatch.setattr(evaluate_stage, "measure_latencies", busy_machine)
+    result = cli("evaluate", "--run-id", base, "--repeats", "4", "--batch-size", "8")
+    run = MlflowClient().get_run(result.run_id)
+    metrics = run.data.metrics
+    assert metrics["latency_compressed_b1_ms"] == pytest.approx(1.0)
+    assert metrics["latency_compressed_b1_spread"] == 0
+    assert not any(k.endswith("_b8_ms") or k == "speedup_b8" for k in metrics)
+    refused = run.data.tags["mlprunes.latency_refused"]
+    assert refused.startswith("latency not logged at batch 8 (spread 192%)")
+    assert "latency not logged at batch 8" in result.stderr

@@ -54,6 +54,7 @@ TAG_COMPARE_RUN = "mlprunes.compare_run_id"
 TAG_REUSED_RUNS = "mlprunes.reused_runs"
 TAG_COMPARED_RUNS = "mlprunes.compared_runs"
 TAG_HEARTBEAT = "mlprunes.heartbeat"                # "<unix time> <host> <pid>" of a live run
+TAG_LATENCY_REFUSED = "mlprunes.latency_refused"    # on an evaluate run: why no latency
 
 # -- artifacts ---------------------------------------------------------------------------------
 CHECKPOINTS = "checkpoints"

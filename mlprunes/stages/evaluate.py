@@ -9,7 +9,7 @@ import torch
 from mlprunes.counting import size_metrics
 from mlprunes.engine.checkpoint import CheckpointError, model_from_checkpoint
 from mlprunes.engine.evaluate import evaluate
-from mlprunes.engine.latency import measure_latency
+from mlprunes.engine.latency import MAX_SPREAD, measure_latencies
 from mlprunes.engine.trainer import autocast_dtype
 from mlprunes.errors import StageError
 from mlprunes.jobs import EvaluateJob
@@ -66,16 +66,26 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
     metrics = {"test_error": result["error"], "test_top5_error": result["top5_error"],
                "test_loss": result["loss"], **size_metrics(compact.spec, size)}
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    batch_sizes = sorted({1, job.batch_size})
-    for label, net in (("masked", masked), ("compressed", compact)):
-        for bs in batch_sizes:
-            seconds = measure_latency(net, bs, size[0], repeats=job.repeats, memory_format=fmt)
-            metrics[f"latency_{label}_b{bs}_ms"] = seconds * 1e3
-    for bs in batch_sizes:
-        metrics[f"speedup_b{bs}"] = (metrics[f"latency_masked_b{bs}_ms"]
-                                     / metrics[f"latency_compressed_b{bs}_ms"])
+    unsteady = []
+    for bs in sorted({1, job.batch_size}):
+        timed = measure_latencies({"masked": masked, "compressed": compact}, bs, size[0],
+                                  repeats=job.repeats, memory_format=fmt)
+        worst = max(timed.values(), key=lambda t: t.spread)
+        if not worst.steady:  # a busy machine: no figure rather than a wrong one
+            unsteady.append(f"batch {bs} (spread {100 * worst.spread:.0f}%)")
+            continue
+        for label, latency in timed.items():
+            metrics[f"latency_{label}_b{bs}_ms"] = latency.median * 1e3
+            metrics[f"latency_{label}_b{bs}_spread"] = 100 * latency.spread
+        metrics[f"speedup_b{bs}"] = timed["masked"].median / timed["compressed"].median
     name = job.run_name or f"evaluate-{source.data.tags.get('mlflow.runName', job.run_id)}"
     tags = {contract.TAG_SOURCE_RUN: job.run_id, contract.TAG_SOURCE_STAGE: stage}
+    if unsteady:
+        refused = (f"latency not logged at {', '.join(unsteady)}: the middle half of its "
+                   f"repeats spread over more than {100 * MAX_SPREAD:.0f}% of their median, as "
+                   f"on a busy machine; evaluate again when it is idle")
+        tags[contract.TAG_LATENCY_REFUSED] = refused
+        say(f"[evaluate] {refused}")
     for tag in (contract.TAG_BASE_RUN, contract.TAG_PRUNE_RUN, contract.TAG_CRITERION):
         if tag in source.data.tags:
             tags[tag] = source.data.tags[tag]
@@ -85,8 +95,9 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
                              "batch_size": job.batch_size, "repeats": job.repeats,
                              "device": str(device), **contract.arch_params(compact.spec)})
         mlflow.log_metrics(metrics)
+        latency = (f"; latency b1 masked {metrics['latency_masked_b1_ms']:.2f} ms, compressed "
+                   f"{metrics['latency_compressed_b1_ms']:.2f} ms"
+                   if "latency_masked_b1_ms" in metrics else "")
         say(f"[evaluate] {name}: test error {result['error']:.2f}%, "
-            f"{metrics['params']:,.0f} params; latency b1 masked "
-            f"{metrics['latency_masked_b1_ms']:.2f} ms, compressed "
-            f"{metrics['latency_compressed_b1_ms']:.2f} ms")
+            f"{metrics['params']:,.0f} params{latency}")
         return ev.info.run_id
