@@ -461,3 +461,13 @@ def test_image_set_checks_its_tensors():
     labels = ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1],
                                                                                  dtype=torch.int32))
     assert labels.labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("side", [8200, 14000])  # over our bound; over PIL's own as well
+def test_an_image_claiming_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, side):
+    write_tree(tmp_path)
+    bomb = tmp_path / "bee" / "bomb.png"
+    Image.new("1", (side, side)).save(bomb)  # one bit per pixel: tiny on disk
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(DatasetError, match=f"image {bomb} .*pixels.*shrink it first"):
+        load_data("imagefolder", data_dir=tmp_path, image_size=16, seed=0)

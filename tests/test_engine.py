@@ -218,3 +218,37 @@ def test_evaluate_logs_no_latency_whose_repeats_disagree(store, monkeypatch):
     refused = run.data.tags["mlprunes.latency_refused"]
     assert refused.startswith("latency not logged at batch 8 (spread 192%)")
     assert "latency not logged at batch 8" in result.stderr
+
+
+def test_a_checkpoint_is_refused_before_writing_when_the_disk_has_no_room(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from mlprunes.engine import checkpoint as checkpoint_module
+
+    model = build(arch.wrn(10, 1))
+    checkpoint = make_checkpoint(model)
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage",
+                        lambda path: usage(10 * 2 ** 20, 9 * 2 ** 20, 2 ** 20))
+    with pytest.raises(CheckpointError, match=f"not enough free disk in {tmp_path} for a "
+                       r"checkpoint: it needs about 16 MB and 1 MB are free"):
+        save_checkpoint(checkpoint, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", real)
+    assert load_checkpoint(save_checkpoint(checkpoint, tmp_path / "last.pt"))["spec"] == model.spec
+
+
+def test_a_full_disk_stops_training_with_one_line_and_the_run_failed(store, monkeypatch):
+    from collections import namedtuple
+
+    from mlprunes.engine import checkpoint as checkpoint_module
+    from tests.stage_helpers import TINY_TRAIN, all_runs, cli
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(1, 1, 0))
+    result = cli(*TINY_TRAIN, "--epochs", "2")
+    assert result.exit_code == 1
+    assert len(result.error_lines) == 1 and "not enough free disk" in result.error_lines[0]
+    assert [r.info.status for r in all_runs()] == ["FAILED"]

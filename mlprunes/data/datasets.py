@@ -23,6 +23,9 @@ from mlprunes.data.shapes import SHAPE_CLASSES, make_shapes
 DATASETS = ("cifar10", "cifar100", "imagefolder", "shapes")
 DEFAULT_DATA_DIR = Path("data")
 IMAGEFOLDER_TEST_FRACTION = 0.2
+# The largest image an ImageFolder may hold (8192 x 8192): a few hundred bytes of PNG can claim
+# billions of pixels, and decoding one would take all the memory there is.
+MAX_IMAGE_PIXELS = 2 ** 26
 
 # Independent random streams per purpose, so that e.g. the validation hold-out does not change
 # when the shapes images do. Each stream is numpy's generator seeded with [seed, stream].
@@ -298,16 +301,28 @@ def _scan_imagefolder(directory: Path) -> tuple[list[str], list[tuple[str, int]]
 
 def _read_images(samples: list[tuple[str, int]], size: int) -> ImageSet:
     """Every image as RGB, resized (squashed, antialiased) to size x size."""
+    import warnings
+
     from PIL import Image
 
     images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(samples):
         try:
-            with Image.open(path) as image:
+            with warnings.catch_warnings():  # PIL warns of what is refused just below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)  # reads the header only
+            with opened as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise DatasetError(
+                        f"image {path} is {image.width} x {image.height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} an image may have here; shrink it first")
                 image = image.convert("RGB")
                 if image.size != (size, size):
                     image = image.resize((size, size), Image.Resampling.BILINEAR)
                 images[i] = np.asarray(image)
+        except Image.DecompressionBombError:  # so large that PIL refuses to open it
+            raise DatasetError(f"image {path} claims more than {MAX_IMAGE_PIXELS:,} pixels, "
+                               f"the most an image may have here; shrink it first") from None
         except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
             raise DatasetError(f"cannot read image {path}: {err}") from None
     labels = torch.tensor([target for _, target in samples], dtype=torch.int64)

@@ -8,7 +8,9 @@ renamed into place, so a crash never leaves half a checkpoint under the real nam
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,12 @@ VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A file that is not a readable mlprunes checkpoint."""
+    """A file that is not a readable mlprunes checkpoint, or one that cannot be written."""
+
+
+# Room beyond the tensors' own bytes: pickled structure, the curve and history, the file system.
+_DISK_MARGIN = 1.1
+_DISK_SLACK_BYTES = 16 * 2 ** 20
 
 
 def make_checkpoint(model: nn.Module, *, trainer_state: dict[str, Any] | None = None,
@@ -51,8 +58,14 @@ def make_checkpoint(model: nn.Module, *, trainer_state: dict[str, Any] | None = 
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write `checkpoint` to `path` whole or not at all; a disk without room for it is a
+    CheckpointError before anything is written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    needed = _DISK_MARGIN * _tensor_bytes(checkpoint) + _DISK_SLACK_BYTES
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise CheckpointError(_no_room(path.parent, needed, free))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with deferred(), os.fdopen(fd, "wb") as f:  # a stop signal waits for the whole file
@@ -60,10 +73,30 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:  # others filled the disk since the check
+            raise CheckpointError(_no_room(path.parent, needed, 0)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _no_room(folder: Path, needed: float, free: int) -> str:
+    return (f"not enough free disk in {folder} for a checkpoint: it needs about "
+            f"{needed / 2 ** 20:,.0f} MB and {free / 2 ** 20:,.0f} MB are free")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
