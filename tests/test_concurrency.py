@@ -147,3 +147,28 @@ def test_a_sqlite_store_locked_mid_run_stops_it_with_one_line_and_it_resumes(sto
     assert cli(*LONG_TRAIN, "--resume-run-id", run_id).run_id == run_id
     steps = [m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")]
     assert sorted(steps) == list(range(1, 41))
+
+
+def test_a_run_is_alive_while_its_heartbeat_is_fresh_and_its_process_could_be_running(store):
+    import socket
+
+    from mlprunes.stages import contract
+
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("alive")).info.run_id
+    here = socket.gethostname()
+
+    def alive_with(beat):
+        client.set_tag(run_id, contract.TAG_HEARTBEAT, beat)
+        return contract.alive(client.get_run(run_id))
+
+    now = time.time()
+    assert alive_with(f"{now} otherhost 4242") == "host otherhost, pid 4242"
+    assert alive_with(f"{now - 1000} otherhost 4242") is None  # silent for three beats
+    assert alive_with(f"{now} {here} {os.getpid()}") == f"host {here}, pid {os.getpid()}"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert alive_with(f"{now} {here} {dead.pid}") is None  # this machine, its process gone
+    client.set_terminated(run_id, "KILLED")
+    assert alive_with(f"{now} otherhost 4242") is None  # ended, and not being taken over
+    assert alive_with(f"{now} otherhost 4242 resuming") == "host otherhost, pid 4242"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.stage_helpers import TINY_TRAIN, cli
+from tests.stage_helpers import TINY_TRAIN, all_runs, cli
 from tests.test_mlflow_integration import BIN, env_with_venv, free_port
 
 
@@ -192,6 +192,7 @@ def test_a_checkpoint_the_store_never_got_is_resumed_from_the_copy_kept_on_disk(
 
 
 def test_a_store_that_accepts_but_never_answers_fails_within_the_timeout(store, monkeypatch):
+    import contextlib
     import socket
     import threading
 
@@ -199,8 +200,13 @@ def test_a_store_that_accepts_but_never_answers_fails_within_the_timeout(store, 
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     held = []
-    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(16)],
-                     daemon=True).start()
+
+    def accept_and_say_nothing():
+        with contextlib.suppress(OSError):  # the listener is closed when the test ends
+            while True:
+                held.append(listener.accept())
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     point_at(url, monkeypatch)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "4")
@@ -212,8 +218,8 @@ def test_a_store_that_accepts_but_never_answers_fails_within_the_timeout(store, 
         listener.close()
     assert result.exit_code == 1
     assert result.error_lines == [
-        f"Error: the MLflow tracking store at {url} accepted the connection but did not answer "
-        f"within 10 s (MLFLOW_HTTP_REQUEST_TIMEOUT)"]
+        f"Error: the MLflow tracking store at {url} did not answer within 10 s "
+        f"(MLFLOW_HTTP_REQUEST_TIMEOUT)"]
     assert took < 25  # not (retries + 1) x the timeout
 
 
@@ -237,3 +243,34 @@ def test_a_server_that_is_not_mlflow_is_named_as_such(store, monkeypatch):
     assert result.error_lines == [
         f"Error: cannot reach the MLflow tracking store at {url}: it answered HTTP 501 to an "
         f"MLflow API request; is it an MLflow tracking server?"]
+
+
+def test_a_checkpoint_whose_upload_failed_otherwise_is_kept_until_a_resume_uploads_it(
+        store, monkeypatch):
+    import mlflow
+
+    from mlprunes.stages import kept
+
+    args = [*TINY_TRAIN, "--epochs", "3"]
+    real_log_artifact = mlflow.log_artifact
+
+    def artifact_store_trouble(local_path, *a, **k):  # not the tracking store: an ordinary error
+        if str(local_path).endswith("last.pt"):
+            raise OSError("the artifact store refused the upload")
+        return real_log_artifact(local_path, *a, **k)
+
+    monkeypatch.setattr(mlflow, "log_artifact", artifact_store_trouble)
+    failed = cli(*args)
+    assert failed.exit_code == 1
+    run_id = all_runs()[0].info.run_id
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert not client.list_artifacts(run_id, "checkpoints")
+    assert kept.pending(run_id)  # the only copy of epoch 1's checkpoint: not thrown away
+    monkeypatch.setattr(mlflow, "log_artifact", real_log_artifact)
+
+    resumed = cli(*args, "--resume-run-id", run_id)
+    assert f"resuming run {run_id} after epoch 1 from the checkpoint kept at" in resumed.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3]
+    assert kept.newest(run_id) is None

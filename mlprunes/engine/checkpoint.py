@@ -73,15 +73,23 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:  # others filled the disk since the check
+        if _out_of_space(err):  # others filled the disk since the check
             raise CheckpointError(_no_room(path.parent, needed, 0)) from None
         raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """A full disk or quota, however it arrives: torch.save reports a failed write as a
+    RuntimeError whose context is the OSError."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _tensor_bytes(value: Any) -> int:

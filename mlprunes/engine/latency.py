@@ -20,6 +20,8 @@ from torch import nn
 # of their median. An idle machine stays well inside it (a few percent); another job competing
 # for the cores does not.
 MAX_SPREAD = 0.5
+# Fewer repeats than this say too little about their spread to refuse a figure on it.
+MIN_REPEATS_TO_JUDGE = 5
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Latency:
 
     @property
     def steady(self) -> bool:
-        return self.spread <= MAX_SPREAD
+        return len(self.times) < MIN_REPEATS_TO_JUDGE or self.spread <= MAX_SPREAD
 
 
 def _synchronise(device: torch.device) -> None:

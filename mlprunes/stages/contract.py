@@ -32,6 +32,7 @@ from mlprunes.stages import kept, tracking
 TRAIN, PRUNE, SCRATCH, FAMILY = "train", "prune", "scratch", "family"
 FAMILY_MEMBER, EVALUATE, COMPARE, PIPELINE = "family-member", "evaluate", "compare", "pipeline"
 TRAINED = (TRAIN, SCRATCH, FAMILY_MEMBER)          # runs holding a network trained from scratch
+RESUMABLE = (TRAIN, SCRATCH, PRUNE)                 # stages that take --resume-run-id
 EVALUABLE = (*TRAINED, PRUNE)
 STUDY_STAGES = (*EVALUABLE, EVALUATE)               # the runs a comparison is made of
 
@@ -87,6 +88,7 @@ def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
     if job.reusable:
         all_tags.update({TAG_CONFIG: job.key, TAG_KEY_VERSION: str(KEY_VERSION)})
     run_id = resume_run_id
+    kept.check()
     if resume_run_id is not None:
         _take_over(resume_run_id)
     try:
@@ -99,22 +101,25 @@ def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
             with heartbeat(run_id):
                 yield run
     except tracking.StoreLost as lost:
-        if run_id is None or str(lost).endswith(_RESUME_HINT):  # said by an inner run already
+        if run_id is None or str(lost).endswith(_AGAIN):  # said by an inner run already
             raise
+        if job.stage not in RESUMABLE:  # run again from the start, not resumed
+            kept.discard(run_id)
+            raise tracking.StoreLost(f"{lost}. Once the store answers, {_AGAIN}") from None
         local = kept.newest(run_id)
         where = (f"its latest checkpoint is kept at {local}" if local is not None
                  else "it saved no checkpoint yet")
-        raise tracking.StoreLost(f"{lost}; {where}. {_RESUME_HINT}") from None
+        raise tracking.StoreLost(f"{lost}; {where}. Once the store answers, continue with "
+                                 f"--resume-run-id {run_id} (a pipeline: {_AGAIN})") from None
     except BaseException:
-        if run_id is not None:
-            kept.discard(run_id)  # the store has what the run saved
+        if run_id is not None:  # kept only if the store lacks the newest checkpoint
+            kept.discard_if_uploaded(run_id)
         raise
     else:
         kept.discard(run_id)
 
 
-_RESUME_HINT = ("Once the store answers, continue with --resume-run-id (a pipeline: run it "
-                "again)")
+_AGAIN = "run the same command again"
 
 
 # -- liveness ----------------------------------------------------------------------------------
@@ -167,7 +172,21 @@ def alive(run: Run) -> str | None:
     last = float(parts[0]) if parts else run.info.start_time / 1000
     if time.time() - last > 3 * heartbeat_seconds():
         return None
-    return f"host {parts[1]}, pid {parts[2]}" if len(parts) >= 3 else "an unknown host"
+    if len(parts) < 3:
+        return "an unknown host"
+    if parts[1] == socket.gethostname() and not _process_exists(int(parts[2])):
+        return None  # on this machine, and its process is gone: no need to wait for staleness
+    return f"host {parts[1]}, pid {parts[2]}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _claim(job: Job, run: Run) -> None:
@@ -257,11 +276,13 @@ def _take_over(run_id: str) -> None:
 
 def can_resume(run_id: str, stage: str) -> bool:
     """Whether an interrupted run of this stage saved what it needs to continue."""
-    if stage in TRAINED:
-        return LAST in tracking.list_artifacts(run_id, CHECKPOINTS)
+    if stage not in RESUMABLE:
+        return False
+    if kept.newest(run_id) is not None:  # kept on this machine, perhaps never uploaded
+        return True
     if stage == PRUNE:
         return bool(saved_prune_counts(run_id))
-    return False
+    return LAST in tracking.list_artifacts(run_id, CHECKPOINTS)
 
 
 # -- reading what a finished run holds ---------------------------------------------------------
@@ -308,7 +329,13 @@ def resume_checkpoint(run_id: str, artifact: str | None, tmp: Path, map_location
                              f"it to resume from the store's") from None
         checkpoint["kept_at"] = str(local)
         candidates.append(checkpoint)
-    return max(candidates, key=progress) if candidates else None
+    if not candidates:
+        return None
+    chosen = max(candidates, key=progress)
+    if "kept_at" in chosen and kept.pending(run_id):  # the store gets what it missed
+        mlflow.log_artifact(chosen["kept_at"], CHECKPOINTS)
+        kept.uploaded(Path(chosen["kept_at"]))
+    return chosen
 
 
 def load_run_checkpoint(run_id: str, artifact: str, tmp: Path,

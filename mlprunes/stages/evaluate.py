@@ -91,6 +91,8 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
             tags[tag] = source.data.tags[tag]
     with contract.stage_run(job, name, tags, parent_run_id=parent_run_id,
                             resume_run_id=resume_run_id) as ev:
+        if unsteady:  # not a result to reuse: a pipeline run again measures anew
+            tracking.delete_tag(ev.info.run_id, contract.TAG_CONFIG)
         tracking.log_params({"run_id": job.run_id, "checkpoint": artifact,
                              "batch_size": job.batch_size, "repeats": job.repeats,
                              "device": str(device), **contract.arch_params(compact.spec)})

@@ -120,9 +120,8 @@ def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: li
         name = Path(contract.prune_checkpoint(prunes)).name
         path = save_checkpoint(checkpoint, kept.path(run_id, name))
         mlflow.log_artifact(str(path), contract.CHECKPOINTS)
-        for older in path.parent.glob("prunes_*.pt"):
-            if older != path:
-                older.unlink()
+        kept.uploaded(path)
+        kept.keep_only(path)
         mlflow.log_text(json.dumps(history), contract.PRUNE_HISTORY)
         tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
 

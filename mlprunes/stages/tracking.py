@@ -65,7 +65,10 @@ def check_tracking_store() -> None:
     chosen = os.environ.get(_RETRIES)  # a user's own setting applies throughout
     os.environ[_RETRIES] = chosen or FIRST_REQUEST_RETRIES
     try:
-        _within_deadline(lambda: _first_request(uri), uri)
+        if uri.startswith(("http://", "https://")):
+            _within_deadline(lambda: _first_request(uri), uri)
+        else:  # a database: its own lock timeout applies
+            _first_request(uri)
     except StageError:
         raise
     except Exception as err:  # connection errors arrive as several exception types
@@ -97,8 +100,8 @@ def _within_deadline(request, uri: str) -> None:
     worker.start()
     worker.join(deadline)
     if not outcome:
-        raise StageError(f"the MLflow tracking store at {uri} accepted the connection but did "
-                         f"not answer within {deadline:.0f} s ({_TIMEOUT})")
+        raise StageError(f"the MLflow tracking store at {uri} did not answer within "
+                         f"{deadline:.0f} s ({_TIMEOUT})")
     if outcome[0] is not None:
         raise outcome[0]
 
@@ -151,7 +154,7 @@ def failing_fast() -> Iterator[None]:
     """Requests in this block are tried once, briefly: for tidying up after the store was
     lost, which must not wait through another round of retries."""
     saved = {k: os.environ.get(k) for k in (_RETRIES, _TIMEOUT)}
-    os.environ.update({_RETRIES: "0", _TIMEOUT: "5"})
+    os.environ.update({_RETRIES: "1", _TIMEOUT: "5"})
     try:
         yield
     finally:
@@ -251,7 +254,14 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
             if not isinstance(err, (Interrupted, KeyboardInterrupt)) and not signals.received():
                 raise
             # Stopped from outside, not failed: KILLED, and resumable from its last checkpoint.
-            mlflow.end_run("KILLED")
+            # Briefly: signals are held off meanwhile, and a store that is down would hold the
+            # stop for minutes of retries (the run then goes stale, and is resumable anyway).
+            with failing_fast():
+                try:
+                    mlflow.end_run("KILLED")
+                except Exception as end_err:
+                    if not unreachable(end_err):
+                        raise
             print(f"run {run.info.run_id} stopped and marked KILLED", file=sys.stderr,
                   flush=True)
             raise
@@ -280,6 +290,10 @@ def runs_tagged(experiment_id: str, tag: str, value: str) -> list[Run]:
     return MlflowClient().search_runs(
         [experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
         order_by=["attributes.start_time DESC"], max_results=50)
+
+
+def delete_tag(run_id: str, key: str) -> None:
+    MlflowClient().delete_tag(run_id, key)
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:

@@ -131,6 +131,7 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
                     # Kept on this machine too, in case the store is lost before the upload.
                     path = save_checkpoint(checkpoint, kept.path(run_id, Path(contract.LAST).name))
                     mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+                    kept.uploaded(path)
 
         fit(trainer, loaders.eval, callbacks=[log_epoch])
         spent = training_macs(count(t.spec, image_size).flops,
