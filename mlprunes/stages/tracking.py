@@ -307,6 +307,8 @@ def download_artifact(run_id: str, path: str, dst: Path) -> Path:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
                                                     dst_path=str(dst))
     except (MlflowException, OSError) as err:
+        if unreachable(err):  # the store is gone, not the artifact
+            raise
         raise StageError(f"run {run_id} has no artifact {path!r} ({str(err).splitlines()[0]})"
                          ) from None
     return Path(local)
