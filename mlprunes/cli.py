@@ -397,11 +397,37 @@ def compare(experiment, run_ids, parent_run_id, run_name):
     return stage.run(job)
 
 
+def study_options(fn):
+    """Which study: a preset or a study file, with fields overridden."""
+    fn = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                      help="Override a field of the study, e.g. --set prune.prunes=300 "
+                           "--set 'run.seeds=[0, 1, 2]' (VALUE is TOML; a bare word is a "
+                           "string). Several may be given in one, separated by ';'.")(fn)
+    fn = click.option("--study", "study_file", default=None, metavar="FILE",
+                      help="A study file (TOML); `mlprunes study show demo` prints one to "
+                           "start from.")(fn)
+    return click.option("--preset", default=None,
+                        help="A shipped study: demo (shapes, minutes on a CPU), tiny (a "
+                             "smoke test), wrn-40-2, densenet-bc-100 (CIFAR-10, the paper's "
+                             "settings, for a GPU) [default: demo].")(fn)
+
+
+def load_study(preset: str | None, study_file: str | None, sets: tuple[str, ...]):
+    from mlprunes.study.studyfile import load_preset, load_study_file
+
+    if preset and study_file:
+        raise click.UsageError("give --preset or --study, not both")
+    # `mlflow run` passes empty parameters as empty strings.
+    overrides = [part for item in sets for part in item.split(";") if part.strip()]
+    if study_file:
+        return load_study_file(study_file, overrides)
+    return load_preset(preset or "demo", overrides)
+
+
 @main.command()
-@click.option("--preset", default="demo", show_default=True,
-              help="demo (shapes, minutes on a CPU), tiny (a smoke test), wrn-40-2, "
-                   "densenet-bc-100 (CIFAR-10, the paper's settings, for a GPU).")
-@click.option("--data-dir", default=None, help="Where CIFAR lives, for the CIFAR presets.")
+@study_options
+@click.option("--data-dir", default=None, help="Where the study's data lives (CIFAR, or an "
+                                               "image folder); overrides data.data_dir.")
 @flag("--download", "Download CIFAR if it is missing.")
 @RUN.apply
 @run_name_option
@@ -409,16 +435,61 @@ def compare(experiment, run_ids, parent_run_id, run_name):
               help="Print the study's jobs, keys and dependencies, and which have finished "
                    "runs in the store; run nothing.")
 @stage_command
-def pipeline(preset, data_dir, download, run: RunConfig, run_name, dry_run):
-    """Run the whole study as child runs of one pipeline run, reusing finished steps."""
+def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_name, dry_run):
+    """Run a whole study as child runs of one pipeline run, reusing finished steps."""
     from mlprunes.stages import pipeline as stage
-    from mlprunes.study.plans import plan_for, with_data_dir
+    from mlprunes.study.plans import with_data_dir
 
-    plan = with_data_dir(plan_for(preset), data_dir, download)
+    plan = with_data_dir(load_study(preset or None, study_file or None, sets), data_dir,
+                         download)
     if dry_run:
-        print_plan(stage.dry_run(plan, preset, run))
+        print_plan(stage.dry_run(plan, run))
         return None
-    return stage.run_pipeline(plan, preset, run, run_name=run_name)
+    return stage.run_pipeline(plan, run, run_name=run_name)
+
+
+@main.group()
+def study() -> None:
+    """Study files: print a preset's, check your own."""
+
+
+@study.command("show")
+@click.argument("name")
+def study_show(name):
+    """Print the study file of preset NAME, to start your own from."""
+    from mlprunes.study.studyfile import preset_text
+
+    try:
+        click.echo(preset_text(name), nl=False)
+    except StageError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@study.command("check")
+@click.argument("file", required=False)
+@click.option("--preset", default=None, help="Check a preset instead of a file.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a field, as for `pipeline`.")
+@click.option("--resolved", is_flag=True, help="Print the study with every default filled in "
+                                                "and the overrides applied.")
+def study_check(file, preset, sets, resolved):
+    """Check a study file and print the jobs it makes and what each needs (nothing is run and
+    the tracking store is not read)."""
+    from mlprunes.stages.common import dataset_classes
+    from mlprunes.study.executor import EmptyStore, plan
+    from mlprunes.study.plans import study_graph
+    from mlprunes.study.studyfile import study_toml
+
+    try:
+        chosen = load_study(preset, file, sets)
+        if resolved:
+            click.echo(study_toml(chosen), nl=False)
+            return
+        spec = make_spec(**chosen.arch, num_classes=dataset_classes(chosen.data))
+        graph = study_graph(chosen, chosen.name, RunConfig(progress=False), spec)
+        print_plan(plan(graph, EmptyStore()))
+    except (StageError, ArchError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 def print_plan(steps) -> None:

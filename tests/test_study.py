@@ -8,7 +8,8 @@ from mlprunes.jobs import CompareJob, EvaluateJob, PruneJob, RunConfig, ScratchJ
 from mlprunes.engine.recipes import preset
 from mlprunes.study.executor import NEW, RESUMED, REUSED, SequentialExecutor, plan
 from mlprunes.study.graph import Graph
-from mlprunes.study.plans import PLANS, study_graph
+from mlprunes.study.plans import study_graph
+from mlprunes.study.studyfile import PRESET_NAMES, load_preset
 
 
 class FakeStore:
@@ -117,9 +118,9 @@ def test_a_graph_refuses_duplicates_and_jobs_before_their_inputs():
         graph.add("scratch", ScratchJob(prune_run_id=Ref("prune-l1"), prunes=3))
 
 
-@pytest.mark.parametrize("name", sorted(PLANS))
+@pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_makes_a_graph_whose_jobs_need_only_earlier_jobs(name):
-    study = PLANS[name]
+    study = load_preset(name)
     spec = arch.make_spec(**study.arch, num_classes=10)
     graph = study_graph(study, name, RunConfig(), spec)
     names = graph.names
@@ -138,7 +139,7 @@ def test_a_pipeline_job_has_the_key_of_the_same_command_typed_by_hand():
     """So that a pipeline reuses runs made by hand, and `--resume-run-id` resumes its runs."""
     from mlprunes.jobs import FamilyJob, RecipeChoice
 
-    study = PLANS["tiny"]
+    study = load_preset("tiny")
     spec = arch.make_spec(**study.arch, num_classes=10)
     graph = study_graph(study, "tiny", RunConfig(), spec)
     ran = {name: f"id-{name}" for name in graph.names}

@@ -67,6 +67,7 @@ PRUNING_CURVE = "pruning_curve.csv"
 PROFILE_ARCH = "profile_arch.json"
 FAMILY_TABLE = "family.csv"
 PIPELINE_TABLE = "pipeline_runs.csv"
+STUDY_FILE = "study.toml"                           # on a pipeline run: the study it ran
 _PRUNE_CHECKPOINT = re.compile(r"checkpoints/prunes_(\d+)\.pt$")
 
 

@@ -21,10 +21,11 @@ from mlprunes.arch import make_spec
 from mlprunes.jobs import KEY_VERSION, Job, RunConfig
 from mlprunes.stages import compare, contract, evaluate, family, prune, scratch, tracking, train
 from mlprunes.stages.common import dataset_classes, load_splits, say
-from mlprunes.study.executor import (NEW, REUSED, RESUMED, PlannedStep, SequentialExecutor,
-                                     Step, plan)
+from mlprunes.study.executor import (NEW, REUSED, RESUMED, EmptyStore, PlannedStep,
+                                     SequentialExecutor, Step, plan)
 from mlprunes.study.graph import Graph
 from mlprunes.study.plans import StudyPlan, study_graph
+from mlprunes.study.studyfile import study_params, study_toml
 
 STAGES: dict[str, Callable[..., str]] = {
     contract.TRAIN: train.run, contract.PRUNE: prune.run, contract.SCRATCH: scratch.run,
@@ -68,54 +69,41 @@ class MlflowRunStore:
         return None
 
 
-class _NoStore:
-    """An experiment that does not exist yet: nothing to reuse."""
-
-    def finished(self, job: Job) -> None:
-        return None
-
-    def live(self, job: Job) -> None:
-        return None
-
-    def wait(self, run_id: str) -> None:
-        return None
-
-    def resumable(self, job: Job) -> None:
-        return None
-
-
 def _base_spec(plan_: StudyPlan):
     return make_spec(**plan_.arch, num_classes=dataset_classes(plan_.data))
 
 
-def dry_run(plan_: StudyPlan, preset: str, run: RunConfig) -> list[PlannedStep]:
+def dry_run(plan_: StudyPlan, run: RunConfig) -> list[PlannedStep]:
     """The study's graph and what running it now would do; nothing is run or logged."""
-    graph = study_graph(plan_, preset, run, _base_spec(plan_))
+    graph = study_graph(plan_, plan_.name, run, _base_spec(plan_))
     # Under `mlflow run`, the study lives in the experiment MLflow chose.
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if exp_id is None:
         exp = MlflowClient().get_experiment_by_name(run.experiment)
         exp_id = exp.experiment_id if exp is not None else None
     if exp_id is None:
-        return plan(graph, _NoStore())
+        return plan(graph, EmptyStore())
     _warn_about_old_keys(exp_id)
     return plan(graph, MlflowRunStore(exp_id))
 
 
-def run_pipeline(plan_: StudyPlan, preset: str, run: RunConfig,
-                 run_name: str | None = None) -> str:
+def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None) -> str:
     load_splits(plan_.data)  # missing data is one error before the pipeline run starts
     base_spec = _base_spec(plan_)
-    tags = {contract.TAG_STAGE: contract.PIPELINE, contract.TAG_PRESET: preset}
-    with tracking.open_run(experiment=run.experiment, run_name=run_name or f"pipeline-{preset}",
+    name = plan_.name
+    tags = {contract.TAG_STAGE: contract.PIPELINE, contract.TAG_PRESET: name}
+    with tracking.open_run(experiment=run.experiment, run_name=run_name or f"pipeline-{name}",
                            tags=tags) as parent:
         parent_id = parent.info.run_id
-        tracking.log_params({"preset": preset, "base_arch": base_spec.to_json(),
+        # The study travels with its runs: as a study file that runs it again, and as params.
+        tracking.log_params({"preset": name, "base_arch": base_spec.to_json(),
                              "epochs": plan_.epochs, "prunes": plan_.prunes,
-                             "dataset": plan_.data.dataset, "seed": run.seed})
-        say(f"[pipeline] {preset}: {plan_.description}; run {parent_id}")
+                             "dataset": plan_.data.dataset, "seed": run.seed,
+                             **study_params(plan_)})
+        mlflow.log_text(study_toml(plan_), contract.STUDY_FILE)
+        say(f"[pipeline] {name}: {plan_.description}; run {parent_id}")
         _warn_about_old_keys(parent.info.experiment_id)
-        graph = study_graph(plan_, preset, run, base_spec, pipeline_run_id=parent_id)
+        graph = study_graph(plan_, name, run, base_spec, pipeline_run_id=parent_id)
         used: list[Step] = []
 
         def record(step: Step) -> None:

@@ -35,6 +35,23 @@ class RunStore(Protocol):
         """An interrupted run with this job's key that can continue, if any."""
 
 
+class EmptyStore:
+    """A store with no runs (an experiment that does not exist yet): what a study makes before
+    anything exists."""
+
+    def finished(self, job: Job) -> None:
+        return None
+
+    def live(self, job: Job) -> None:
+        return None
+
+    def wait(self, run_id: str) -> None:
+        return None
+
+    def resumable(self, job: Job) -> None:
+        return None
+
+
 Launch = Callable[[Job, str | None, str | None], str]   # (job, parent, resume) -> run ID
 Log = Callable[[str], None]
 

@@ -1,0 +1,341 @@
+"""Study files: a whole study written down as TOML, read with the standard library.
+
+A study file has the sections below, each optional except `[network]` and `[prune]`'s
+`prunes`. It is checked in full before anything runs: an unknown key, a value of the wrong
+type or out of range is one error naming the file and the key. `--set section.key=VALUE`
+changes a field after the file is read (VALUE is TOML: `3`, `0.5`, `"cifar100"`, `[1, 2]`; a
+bare word is taken as a string). The presets are study files shipped in the package
+(`mlprunes study show NAME`).
+
+A study's jobs, and so their keys, depend only on the resolved values: the same study given as
+a preset, a file or with overrides reuses the same runs.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mlprunes.arch import ArchError, make_spec
+from mlprunes.data import DATASETS
+from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS
+from mlprunes.engine.recipes import preset as recipe_preset
+from mlprunes.errors import StageError
+from mlprunes.jobs import BUDGETS, CRITERIA, DataConfig, RecipeChoice
+from mlprunes.study.plans import StudyPlan
+
+PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100")
+
+# -- what each key may hold ----------------------------------------------------------------------
+
+Check = Callable[[Any], str | None]   # a problem with the value, or None
+
+
+def _integer(low: int | None = None) -> Check:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"must be an integer, got {v!r}"
+        if low is not None and v < low:
+            return f"must be at least {low}, got {v}"
+        return None
+    return check
+
+
+def _number(low: float | None = None, high: float | None = None, above: float | None = None,
+            below: float | None = None) -> Check:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"must be a finite number, got {v!r}"
+        if low is not None and v < low:
+            return f"must be at least {low}, got {v}"
+        if above is not None and v <= above:
+            return f"must be more than {above}, got {v}"
+        if high is not None and v > high:
+            return f"must be at most {high}, got {v}"
+        if below is not None and v >= below:
+            return f"must be less than {below}, got {v}"
+        return None
+    return check
+
+
+def _boolean(v):
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
+def _text(v):
+    return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
+
+
+def _one_of(choices: Iterable[str]) -> Check:
+    choices = tuple(choices)
+
+    def check(v):
+        return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+    return check
+
+
+def _list_of(item: Check, *, unique: bool = False, empty: bool = True) -> Check:
+    def check(v):
+        if not isinstance(v, list):
+            return f"must be a list, got {v!r}"
+        if not v and not empty:
+            return "must not be empty"
+        for x in v:
+            problem = item(x)
+            if problem:
+                return f"item {x!r}: {problem}"
+        if unique and len(set(map(repr, v))) != len(v):
+            return f"has repeated items: {v}"
+        return None
+    return check
+
+
+def _overrides(v):
+    """A list of tables of network fields (the reduced baselines)."""
+    if not isinstance(v, list) or not all(isinstance(x, dict) and x for x in v):
+        return f"must be a list of tables such as {{depth = 10}}, got {v!r}"
+    for x in v:
+        unknown = set(x) - set(NETWORK)
+        if unknown:
+            return f"{x}: unknown network field(s) {', '.join(sorted(unknown))}"
+        for key, value in x.items():
+            problem = NETWORK[key](value)
+            if problem:
+                return f"{x}: {key} {problem}"
+    return None
+
+
+_RECIPE = {"preset": _one_of(RECIPE_PRESETS), "batch_size": _integer(1),
+           "lr": _number(0), "momentum": _number(0, below=1),
+           "weight_decay": _number(0), "schedule": _one_of(("step", "cosine", "constant")),
+           "milestones": _list_of(_number(above=0, below=1)), "gamma": _number(above=0)}
+NETWORK = {"family": _one_of(("wrn", "densenet")), "depth": _integer(1),
+           "width": _number(above=0), "growth": _integer(1),
+           "bottle": _number(above=0, high=1)}
+
+SCHEMA: dict[str, dict[str, Check]] = {
+    "": {"name": _text, "description": lambda v: None if isinstance(v, str)
+         else f"must be a string, got {v!r}"},
+    "data": {"dataset": _one_of(DATASETS), "data_dir": _text, "download": _boolean,
+             "val_split": _number(0, high=0.9), "image_size": _integer(4),
+             "shapes_train": _integer(2), "shapes_test": _integer(1), "data_seed": _integer(0)},
+    "network": NETWORK,
+    "train": {**_RECIPE, "epochs": _integer(1)},
+    "prune": {"criteria": _list_of(_one_of(CRITERIA), unique=True, empty=False),
+              "prunes": _integer(1), "prune_every": _integer(1), "val_every": _integer(1),
+              "save_every": _integer(1), "keep_one": _boolean, **_RECIPE},
+    "scratch": {"prunes": _list_of(_integer(1), unique=True),
+                "params_budgets": _list_of(_integer(1), unique=True),
+                "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False)},
+    "baselines": {"reduced": _overrides, "depths": _list_of(_integer(1), unique=True),
+                  "widths": _list_of(_number(above=0), unique=True),
+                  "growths": _list_of(_integer(1), unique=True),
+                  "bottles": _list_of(_number(above=0, high=1), unique=True)},
+    "family": {"budgets": _list_of(_number(above=0), unique=True),
+               "budget": _one_of(BUDGETS)},
+    "evaluate": {"enabled": _boolean, "batch_size": _integer(1)},
+    "run": {"seeds": _list_of(_integer(0), unique=True, empty=False), "log_model": _boolean},
+}
+_SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles": "bottle"}
+_PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one")
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+def preset_text(name: str) -> str:
+    """The study file a preset is."""
+    if name not in PRESET_NAMES:
+        raise StageError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return resources.files("mlprunes.study").joinpath("presets", f"{name}.toml").read_text()
+
+
+def load_preset(name: str, sets: Iterable[str] = ()) -> StudyPlan:
+    return parse_study(preset_text(name), f"preset {name}", sets, default_name=name)
+
+
+def load_study_file(path: str | Path, sets: Iterable[str] = ()) -> StudyPlan:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise StageError(f"cannot read study file {path}: {err.strerror or err}") from None
+    return parse_study(text, str(path), sets, default_name=path.stem)
+
+
+def parse_study(text: str, source: str, sets: Iterable[str] = (),
+                default_name: str = "study") -> StudyPlan:
+    """A study from TOML text with `--set` overrides applied, checked field by field."""
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise StageError(f"{source} is not valid TOML: {err}") from None
+    for item in sets:
+        _apply_set(tree, item, source)
+    _check(tree, source)
+    return _plan(tree, source, default_name)
+
+
+def _apply_set(tree: dict[str, Any], item: str, source: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise StageError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. prune.prunes=300")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string
+    *sections, name = key.split(".")
+    if len(sections) > 1:
+        raise StageError(f"--set {item!r}: keys are SECTION.KEY (or a top-level KEY)")
+    table = tree.setdefault(sections[0], {}) if sections else tree
+    if not isinstance(table, dict):
+        raise StageError(f"--set {item!r}: {sections[0]} is not a section of {source}")
+    table[name] = value
+
+
+def _check(tree: dict[str, Any], source: str) -> None:
+    for section, value in tree.items():
+        if isinstance(value, dict):
+            if section not in SCHEMA or not section:
+                raise StageError(f"{source}: unknown section [{section}]; known: "
+                                 f"{', '.join('[' + s + ']' for s in SCHEMA if s)}")
+            for key, v in value.items():
+                _check_key(section, key, v, source)
+        else:
+            _check_key("", section, value, source)
+    if "prunes" not in tree.get("prune", {}):
+        raise StageError(f"{source}: [prune] needs prunes, the number of channels to prune")
+    if "network" not in tree:
+        raise StageError(f"{source}: needs a [network] section (family, depth, ...)")
+
+
+def _check_key(section: str, key: str, value: Any, source: str) -> None:
+    where = f"{section}.{key}" if section else key
+    known = SCHEMA[section]
+    if key not in known:
+        raise StageError(f"{source}: unknown key {where!r}; [{section or 'top level'}] takes "
+                         f"{', '.join(known)}")
+    problem = known[key](value)
+    if problem:
+        raise StageError(f"{source}: {where} {problem}")
+
+
+def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
+    data = DataConfig(**{f.name: tree["data"][f.name] for f in fields(DataConfig)
+                         if f.name in tree.get("data", {})})
+    network = dict(tree["network"])
+    network.setdefault("family", "wrn")
+    try:
+        base = make_spec(**network, num_classes=10)
+    except (ArchError, TypeError, ValueError) as err:
+        raise StageError(f"{source}: [network] is not a valid network: {err}") from None
+    train = dict(tree.get("train", {}))
+    prune = dict(tree.get("prune", {}))
+    schedule = {k: prune.pop(k) for k in _PRUNE_SCHEDULE if k in prune}
+    for section, overrides, pruning in (("train", train, False), ("prune", prune, True)):
+        try:  # the recipe the section makes, checked as a whole (milestones, momentum...)
+            recipe_preset(overrides.get("preset", base.family), pruning).override(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()
+                   if k != "preset"})
+        except ValueError as err:
+            raise StageError(f"{source}: [{section}] {err}") from None
+    scratch = tree.get("scratch", {})
+    prunes = schedule["prunes"]
+    beyond = [n for n in scratch.get("prunes", []) if n > prunes]
+    if beyond:
+        raise StageError(f"{source}: scratch.prunes {beyond} go beyond prune.prunes = {prunes}")
+    baselines = [dict(x) for x in tree.get("baselines", {}).get("reduced", [])]
+    for sweep, field in _SWEEPS.items():
+        baselines += [{field: v} for v in tree.get("baselines", {}).get(sweep, [])]
+    for overrides in baselines:
+        try:
+            make_spec(**{**network, **overrides}, num_classes=10)
+        except (ArchError, TypeError, ValueError) as err:
+            raise StageError(f"{source}: baseline {overrides} is not a valid network: {err}"
+                             ) from None
+    family = tree.get("family", {})
+    evaluate = tree.get("evaluate", {})
+    run = tree.get("run", {})
+    seeds = run.get("seeds")
+    return StudyPlan(
+        name=tree.get("name", default_name), description=tree.get("description", ""),
+        data=data, arch=network,
+        train={k: tuple(v) if isinstance(v, list) else v for k, v in train.items()},
+        prune_recipe={k: tuple(v) if isinstance(v, list) else v for k, v in prune.items()},
+        criteria=tuple(schedule.get("criteria", ("fisher", "l1"))), prunes=prunes,
+        prune_every=schedule.get("prune_every", 100), val_every=schedule.get("val_every", 10),
+        save_every=schedule.get("save_every", 100), keep_one=schedule.get("keep_one", False),
+        scratch_prunes=tuple(scratch.get("prunes", ())),
+        scratch_params_budgets=tuple(scratch.get("params_budgets", ())),
+        scratch_budgets=tuple(scratch.get("budgets", ("scratch-e",))),
+        baselines=tuple(baselines), family_budgets=tuple(family.get("budgets", ())),
+        family_budget=family.get("budget", "scratch-e"),
+        evaluate=evaluate.get("enabled", True),
+        evaluate_batch_size=evaluate.get("batch_size", 64),
+        seeds=tuple(seeds) if seeds is not None else None,
+        log_model=run.get("log_model", True))
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+def study_tree(plan: StudyPlan) -> dict[str, Any]:
+    """The resolved study as the sections of a study file."""
+    data = {f.name: getattr(plan.data, f.name) for f in fields(DataConfig)
+            if getattr(plan.data, f.name) is not None}
+    tree: dict[str, Any] = {
+        "name": plan.name, "description": plan.description, "data": data,
+        "network": dict(plan.arch), "train": dict(plan.train),
+        "prune": {"criteria": list(plan.criteria), "prunes": plan.prunes,
+                  "prune_every": plan.prune_every, "val_every": plan.val_every,
+                  "save_every": plan.save_every, "keep_one": plan.keep_one,
+                  **plan.prune_recipe},
+        "scratch": {"prunes": list(plan.scratch_prunes),
+                    "params_budgets": list(plan.scratch_params_budgets),
+                    "budgets": list(plan.scratch_budgets)},
+        "baselines": {"reduced": [dict(b) for b in plan.baselines]},
+        "family": {"budgets": list(plan.family_budgets), "budget": plan.family_budget},
+        "evaluate": {"enabled": plan.evaluate, "batch_size": plan.evaluate_batch_size},
+        "run": {"log_model": plan.log_model},
+    }
+    if plan.seeds is not None:
+        tree["run"]["seeds"] = list(plan.seeds)
+    return tree
+
+
+def study_toml(plan: StudyPlan) -> str:
+    """The resolved study as a study file (it reads back as the same study)."""
+    tree = study_tree(plan)
+    lines = [f"{k} = {_toml(v)}" for k, v in tree.items() if not isinstance(v, dict)]
+    for section, table in tree.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]", *(f"{k} = {_toml(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def study_params(plan: StudyPlan) -> dict[str, Any]:
+    """The resolved study's fields as flat MLflow params (`study.prune.prunes`, ...)."""
+    flat = {}
+    for section, value in study_tree(plan).items():
+        if isinstance(value, dict):
+            flat.update({f"study.{section}.{k}": v for k, v in value.items()})
+        else:
+            flat[f"study.{section}"] = value
+    return flat
