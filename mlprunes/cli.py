@@ -417,11 +417,9 @@ def load_study(preset: str | None, study_file: str | None, sets: tuple[str, ...]
 
     if preset and study_file:
         raise click.UsageError("give --preset or --study, not both")
-    # `mlflow run` passes empty parameters as empty strings.
-    overrides = [part for item in sets for part in item.split(";") if part.strip()]
     if study_file:
-        return load_study_file(study_file, overrides)
-    return load_preset(preset or "demo", overrides)
+        return load_study_file(study_file, sets)
+    return load_preset(preset or "demo", sets)
 
 
 @main.command()

@@ -4,7 +4,7 @@ A study file has the sections below, each optional except `[network]` and `[prun
 `prunes`. It is checked in full before anything runs: an unknown key, a value of the wrong
 type or out of range is one error naming the file and the key. `--set section.key=VALUE`
 changes a field after the file is read (VALUE is TOML: `3`, `0.5`, `"cifar100"`, `[1, 2]`; a
-bare word is taken as a string). The presets are study files shipped in the package
+bare word is taken as a string; several may be joined with `;`). The presets are study files shipped in the package
 (`mlprunes study show NAME`).
 
 A study's jobs, and so their keys, depend only on the resolved values: the same study given as
@@ -173,8 +173,9 @@ def parse_study(text: str, source: str, sets: Iterable[str] = (),
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise StageError(f"{source} is not valid TOML: {err}") from None
-    for item in sets:
-        _apply_set(tree, item, source)
+    for given in sets:  # one --set may hold several, separated by ';' (for `mlflow run -P`)
+        for item in filter(str.strip, given.split(";")):
+            _apply_set(tree, item, source)
     _check(tree, source)
     return _plan(tree, source, default_name)
 
