@@ -229,3 +229,14 @@ def test_the_main_entry_point_runs_a_study_file_with_overrides(store, tmp_path):
     assert pipeline.data.params["study.prune.prunes"] == "3"
     assert sorted(r.data.tags.get("mlprunes.stage") for r in runs) == [
         "compare", "pipeline", "prune", "scratch", "train"]
+
+
+def test_the_readme_example_study_is_a_valid_study(tmp_path):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"## Your own study.*?```toml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "flowers.toml").write_text(example)
+    plan = load_study_file(tmp_path / "flowers.toml")
+    assert plan.data.dataset == "imagefolder" and plan.seeds == (0, 1, 2)
+    assert len(keys(plan)) == 3 * (1 + 2 + 2 * 2 * 3 + 3 + 1 + 4)  # per seed: every job
