@@ -432,8 +432,20 @@ def load_study(preset: str | None, study_file: str | None, sets: tuple[str, ...]
 @click.option("--dry-run", is_flag=True,
               help="Print the study's jobs, keys and dependencies, and which have finished "
                    "runs in the store; run nothing.")
+@click.option("--executor", type=click.Choice(["sequential", "ray"]), default="sequential",
+              show_default=True,
+              help="sequential: one job after another in this process. ray: each job a Ray "
+                   "task, independent jobs at once (pip install 'mlprunes[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="With --executor ray: an existing cluster ('auto' or host:port), which "
+                   "needs a tracking server [default: a local Ray instance on this machine].")
+@click.option("--cpus-per-job", type=float, default=1.0, show_default=True,
+              help="With --executor ray: CPUs each job reserves.")
+@click.option("--gpus-per-job", type=float, default=0.0, show_default=True,
+              help="With --executor ray: GPUs each job reserves (1 to train on a GPU each).")
 @stage_command
-def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_name, dry_run):
+def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_name, dry_run,
+             executor, ray_address, cpus_per_job, gpus_per_job):
     """Run a whole study as child runs of one pipeline run, reusing finished steps."""
     from mlprunes.stages import pipeline as stage
     from mlprunes.study.plans import with_data_dir
@@ -443,7 +455,8 @@ def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_n
     if dry_run:
         print_plan(stage.dry_run(plan, run))
         return None
-    return stage.run_pipeline(plan, run, run_name=run_name)
+    choice = stage.ExecutorChoice(executor, ray_address or None, cpus_per_job, gpus_per_job)
+    return stage.run_pipeline(plan, run, run_name=run_name, executor=choice)
 
 
 @main.group()

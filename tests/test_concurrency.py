@@ -91,16 +91,13 @@ def test_a_takeover_overwritten_while_it_settles_yields_to_the_other_process(sto
     real_sleep = time.sleep
     monkeypatch.setattr(contract.time, "sleep", other_process_takes_it)
     with pytest.raises(StageError, match=f"run {run_id} is running on host otherhost, pid 4242"):
-        contract._take_over(run_id)
+        contract._take_over(run_id, in_study=False)
     # A third process now finds the run taken; inside a pipeline it waits rather than fails.
-    import mlflow
-
-    with mlflow.start_run(experiment_id=client.get_run(run_id).info.experiment_id):
-        with pytest.raises(Claimed):
-            contract._take_over(run_id)
+    with pytest.raises(Claimed):
+        contract._take_over(run_id, in_study=True)
     monkeypatch.setattr(contract.time, "sleep", real_sleep)
     client.set_tag(run_id, contract.TAG_HEARTBEAT, "1.0 otherhost 4242 resuming")  # went stale
-    contract._take_over(run_id)  # taken over
+    contract._take_over(run_id, in_study=False)  # taken over
     assert client.get_run(run_id).data.tags[contract.TAG_HEARTBEAT].endswith(" resuming")
 
 

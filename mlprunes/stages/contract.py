@@ -91,7 +91,7 @@ def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
     run_id = resume_run_id
     kept.check()
     if resume_run_id is not None:
-        _take_over(resume_run_id)
+        _take_over(resume_run_id, in_study=parent_run_id is not None)
     try:
         with tracking.open_run(experiment=experiment or job.run.experiment, run_name=run_name,
                                tags=all_tags, parent_run_id=parent_run_id,
@@ -231,7 +231,7 @@ def runs_with_key(experiment_id: str, key: str) -> list[Run]:
     return tracking.runs_tagged(experiment_id, TAG_CONFIG, key)
 
 
-def check_resumable(run_id: str, job: Job) -> None:
+def check_resumable(run_id: str, job: Job, parent_run_id: str | None = None) -> None:
     """Only an unfinished run of the job's stage, started with the same key, is resumed."""
     # A stage's own entry point under `mlflow run` already has a run to attach to; inside the
     # pipeline (a run is active) a step may reopen an interrupted child.
@@ -244,21 +244,21 @@ def check_resumable(run_id: str, job: Job) -> None:
     if run.data.tags.get(TAG_CONFIG) != job.key:
         raise StageError(f"run {run_id} was started with other settings; resume it with the "
                          f"options it ran with (its params show them)")
-    _refuse_if_alive(run)
+    _refuse_if_alive(run, in_study=parent_run_id is not None)
 
 
-def _refuse_if_alive(run: Run) -> None:
+def _refuse_if_alive(run: Run, in_study: bool) -> None:
     where = alive(run)
     if where is None:
         return
-    if mlflow.active_run() is not None:  # in a pipeline: wait for that process instead
+    if in_study:  # a pipeline's step: wait for that process instead
         raise Claimed(run.info.run_id)
     raise StageError(f"run {run.info.run_id} is running on {where}; wait for it or stop that "
                      f"process (a run whose heartbeat is {3 * heartbeat_seconds():.0f} s old "
                      f"is taken over)")
 
 
-def _take_over(run_id: str) -> None:
+def _take_over(run_id: str, in_study: bool) -> None:
     """Make an interrupted run this process's to resume, just before reopening it. Two
     processes that both found it interrupted both write their heartbeat, wait, and read it
     back: the one whose beat was overwritten yields, as to a live run. (MLflow has no
@@ -266,13 +266,13 @@ def _take_over(run_id: str) -> None:
     TAKEOVER_SETTLE_SECONDS of each other.)"""
     client = MlflowClient()
     run = client.get_run(run_id)
-    _refuse_if_alive(run)  # taken since the resume was checked
+    _refuse_if_alive(run, in_study)  # taken since the resume was checked
     mine = _beat(_RESUMING)
     client.set_tag(run_id, TAG_HEARTBEAT, mine)
     time.sleep(TAKEOVER_SETTLE_SECONDS)
     run = client.get_run(run_id)
     if run.data.tags.get(TAG_HEARTBEAT) != mine:
-        _refuse_if_alive(run)
+        _refuse_if_alive(run, in_study)
 
 
 def can_resume(run_id: str, stage: str) -> bool:

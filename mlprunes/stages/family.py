@@ -17,7 +17,7 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         resume_run_id: str | None = None) -> str:
     source = contract.load_pruned_source(job.prune_run_id)
     if resume_run_id is not None:
-        contract.check_resumable(resume_run_id, job)
+        contract.check_resumable(resume_run_id, job, parent_run_id)
     profile = source.spec_at(job.prunes)
     try:  # every budget checked before any run
         members = [scale_to_budget(profile, b) for b in job.budgets]

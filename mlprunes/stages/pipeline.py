@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import make_spec
+from mlprunes.errors import StageError
 from mlprunes.jobs import KEY_VERSION, Job, RunConfig
 from mlprunes.stages import compare, contract, evaluate, family, prune, scratch, tracking, train
 from mlprunes.stages.common import dataset_classes, load_splits, say
-from mlprunes.study.executor import (NEW, REUSED, RESUMED, EmptyStore, PlannedStep,
-                                     SequentialExecutor, Step, plan)
-from mlprunes.study.graph import Graph
+from mlprunes.study.executor import (NEW, REUSED, RESUMED, EmptyStore, Executor, Failure,
+                                     PlannedStep, SequentialExecutor, Step, StudyFailed, plan)
 from mlprunes.study.plans import StudyPlan, study_graph
 from mlprunes.study.studyfile import study_params, study_toml
 
@@ -87,8 +88,36 @@ def dry_run(plan_: StudyPlan, run: RunConfig) -> list[PlannedStep]:
     return plan(graph, MlflowRunStore(exp_id))
 
 
-def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None) -> str:
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """Which executor runs the study's jobs, and for Ray where and with what per job."""
+    name: str = "sequential"            # sequential | ray
+    ray_address: str | None = None      # None: a local Ray instance; "auto" or host:port
+    cpus_per_job: float = 1.0
+    gpus_per_job: float = 0.0
+
+    def make(self) -> Executor:
+        if self.name == "sequential":
+            return SequentialExecutor(log=say)
+        if self.name != "ray":
+            raise StageError(f"--executor must be sequential or ray, got {self.name!r}")
+        uri = mlflow.get_tracking_uri()
+        if self.ray_address is not None and tracking.is_local_store(uri):
+            raise StageError(
+                f"a study on a Ray cluster needs a tracking store every node can reach, not "
+                f"the local {uri}: start a tracking server (mlflow server --backend-store-uri "
+                f"postgresql://...) and set MLFLOW_TRACKING_URI to it (for a local Ray "
+                f"instance on this machine, leave out --ray-address)")
+        from mlprunes.study.ray_executor import RayExecutor
+
+        return RayExecutor(self.ray_address, self.cpus_per_job, self.gpus_per_job,
+                           env=tracking.worker_env(), log=say)
+
+
+def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None,
+                 executor: ExecutorChoice = ExecutorChoice()) -> str:
     load_splits(plan_.data)  # missing data is one error before the pipeline run starts
+    chosen = executor.make()  # a bad choice is an error before the pipeline run starts
     base_spec = _base_spec(plan_)
     name = plan_.name
     tags = {contract.TAG_STAGE: contract.PIPELINE, contract.TAG_PRESET: name}
@@ -114,23 +143,33 @@ def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None) 
                 mlflow.set_tag(contract.TAG_STUDY_RUNS,
                                ",".join(s.run_id for s in used if s.stage != contract.COMPARE))
 
-        SequentialExecutor(log=say).run(graph, launch, MlflowRunStore(parent.info.experiment_id),
-                                        parent_run_id=parent_id, on_step=record)
-        _log_summary(used, graph)
+        tracking.log_params({"executor": executor.name})
+        try:
+            chosen.run(graph, launch, MlflowRunStore(parent.info.experiment_id),
+                       parent_run_id=parent_id, on_step=record)
+        except StudyFailed as failed:
+            _log_summary(used, failed.failures)
+            raise
+        _log_summary(used)
         return parent_id
 
 
-def _log_summary(used: list[Step], graph: Graph) -> None:
-    tracking.log_csv([{"step": s.node, "run_id": s.run_id, "how": s.how} for s in used],
-                     contract.PIPELINE_TABLE, ["step", "run_id", "how"])
+def _log_summary(used: list[Step], failures: Sequence[Failure] = ()) -> None:
+    rows = [{"step": s.node, "run_id": s.run_id, "how": s.how, "reason": ""} for s in used]
+    rows += [{"step": f.node, "run_id": "", "how": f.how, "reason": f.reason} for f in failures]
+    tracking.log_csv(rows, contract.PIPELINE_TABLE, ["step", "run_id", "how", "reason"])
     reused = [s.run_id for s in used if s.how == REUSED]
-    compare_id = next(s.run_id for s in used if s.stage == contract.COMPARE)
-    mlflow.set_tags({contract.TAG_COMPARE_RUN: compare_id,
-                     contract.TAG_REUSED_RUNS: ",".join(reused)})
+    mlflow.set_tag(contract.TAG_REUSED_RUNS, ",".join(reused))
     mlflow.log_metrics({"runs_new": sum(s.how == NEW for s in used),
                         "runs_reused": len(reused),
-                        "runs_resumed": sum(s.how == RESUMED for s in used)})
-    say(f"[pipeline] done: {len(used)} steps, {len(reused)} reused; compare run {compare_id}")
+                        "runs_resumed": sum(s.how == RESUMED for s in used),
+                        "jobs_failed": sum(f.how == "failed" for f in failures),
+                        "jobs_skipped": sum(f.how == "skipped" for f in failures)})
+    compare_id = next((s.run_id for s in used if s.stage == contract.COMPARE), None)
+    if compare_id is not None:
+        mlflow.set_tag(contract.TAG_COMPARE_RUN, compare_id)
+        say(f"[pipeline] done: {len(used)} steps, {len(reused)} reused; compare run "
+            f"{compare_id}")
 
 
 def _warn_about_old_keys(experiment_id: str) -> None:

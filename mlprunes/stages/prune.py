@@ -37,7 +37,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
     # Pruning's training cost continues the base network's.
     macs_before = base_run.data.metrics.get("train_macs", 0.0)
     if resume_run_id is not None:
-        contract.check_resumable(resume_run_id, job)
+        contract.check_resumable(resume_run_id, job, parent_run_id)
     with tracking.scratch_dir("prune") as tmp:
         base = contract.load_run_checkpoint(job.base_run_id, contract.FINAL, tmp / "base")
         spec = base["spec"]

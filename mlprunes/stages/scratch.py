@@ -20,7 +20,7 @@ def run(job: ScratchJob, parent_run_id: str | None = None,
               else source.prunes_for_budget(job.params_budget))
     spec = source.spec_at(prunes)
     if resume_run_id is not None:
-        contract.check_resumable(resume_run_id, job)
+        contract.check_resumable(resume_run_id, job, parent_run_id)
     data = job.data.over(contract.data_of(source.prune_run))
     prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=job.stage))

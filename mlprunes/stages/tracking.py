@@ -59,6 +59,33 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+# Settings a worker process of a study (a Ray task) takes from the driver.
+_PASSED_ON = (_TIMEOUT, _RETRIES, "MLFLOW_DISABLE_TELEMETRY",
+              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLPRUNES_HEARTBEAT_SECONDS",
+              "MLPRUNES_CHECKPOINT_DIR")
+
+
+def worker_env() -> dict[str, str]:
+    """What another process needs to log where this one logs: the tracking URI (a local
+    store's path made absolute, since workers run elsewhere) and the client's settings."""
+    env = {k: os.environ[k] for k in _PASSED_ON if k in os.environ}
+    env["MLFLOW_TRACKING_URI"] = absolute_uri(mlflow.get_tracking_uri())
+    return env
+
+
+def absolute_uri(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri.removeprefix("file:")).resolve().as_uri()
+    return uri
+
+
+def is_local_store(uri: str) -> bool:
+    """A store only this machine can reach (a file or SQLite database)."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
 def check_tracking_store() -> None:
     """One cheap request, so an unreachable server is one clear error before any work."""
     uri = mlflow.get_tracking_uri()

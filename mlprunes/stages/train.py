@@ -13,7 +13,7 @@ def run(job: TrainJob, parent_run_id: str | None = None,
     """Train `job.spec` in one MLflow run; return the run ID. With `resume_run_id`, reopen that
     interrupted run and continue from its last checkpoint."""
     if resume_run_id is not None:
-        contract.check_resumable(resume_run_id, job)
+        contract.check_resumable(resume_run_id, job, parent_run_id)
     prepared = prepare(Training(job.spec, job.recipe, job.data, job.run, label=job.stage,
                                 checkpoint_every=job.checkpoint_every,
                                 log_model=job.log_model))

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from mlprunes.errors import Claimed
+from mlprunes.errors import Claimed, StageError
 from mlprunes.jobs import Job
 from mlprunes.study.graph import Graph
 
@@ -63,6 +63,26 @@ class Step:
     stage: str
     run_id: str
     how: str              # new | reused | resumed
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job that did not finish: failed (with its error) or skipped (a job it needs failed)."""
+    node: str
+    how: str               # failed | skipped
+    reason: str
+
+
+class StudyFailed(StageError):
+    """Some jobs failed; the others finished. Carries what became of each."""
+
+    def __init__(self, steps: list[Step], failures: list[Failure]) -> None:
+        failed = [f for f in failures if f.how == "failed"]
+        skipped = [f for f in failures if f.how == "skipped"]
+        lines = [f"{len(failed)} job(s) failed, {len(skipped)} skipped, {len(steps)} finished:"]
+        lines += [f"  {f.node}: {f.how} ({f.reason})" for f in failures]
+        super().__init__("\n".join(lines))
+        self.steps, self.failures = steps, failures
 
 
 def _stderr(message: str) -> None:

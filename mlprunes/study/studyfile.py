@@ -25,7 +25,7 @@ from mlprunes.data import DATASETS
 from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS
 from mlprunes.engine.recipes import preset as recipe_preset
 from mlprunes.errors import StageError
-from mlprunes.jobs import BUDGETS, CRITERIA, DataConfig, RecipeChoice
+from mlprunes.jobs import BUDGETS, CRITERIA, DataConfig
 from mlprunes.study.plans import StudyPlan
 
 PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100")
