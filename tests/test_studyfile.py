@@ -112,6 +112,13 @@ BAD = [
     ("evaluate.batch_size=0", "evaluate.batch_size must be at least 1, got 0"),
     ("descripton=x", "preset tiny: unknown key 'descripton'"),
     ("prune.prunes", "--set 'prune.prunes': expected SECTION.KEY=VALUE"),
+    ("baselines.depths=[16]; baselines.reduced=[{depth = 16}]", "{'depth': 16} is given twice"),
+    ("prune.prunes=100000", "prune.prunes = 100000 is more than the 112 channels wrn-10-1"),
+    ("family.budgets=[1.5]", "a parameter count is a whole number"),
+    ("family.budgets=[1e-9]", "less than one of the base network's"),
+    ("network.width=1e300", "network.width must be at most 64"),
+    ("run.seeds=[18446744073709551616]", "must be at most 4294967295"),
+    ("data.image_size=100000000", "data.image_size must be at most 8192"),
     ("a.b.c=1", "keys are SECTION.KEY"),
 ]
 
@@ -240,3 +247,12 @@ def test_the_readme_example_study_is_a_valid_study(tmp_path):
     plan = load_study_file(tmp_path / "flowers.toml")
     assert plan.data.dataset == "imagefolder" and plan.seeds == (0, 1, 2)
     assert len(keys(plan)) == 3 * (1 + 2 + 2 * 2 * 3 + 3 + 1 + 4)  # per seed: every job
+
+
+def test_numbers_key_by_value_not_spelling_and_any_text_round_trips():
+    plain = load_preset("tiny", ["train.lr=1", "data.val_split=0", "train.momentum=0"])
+    spelled = load_preset("tiny", ["train.lr=1.0", "data.val_split=0.0", "train.momentum=0.0"])
+    assert keys(plain) == keys(spelled)
+    assert keys(load_preset("tiny", ["data.val_split=0"])) == keys(load_preset("tiny"))
+    odd = load_preset("tiny", ['description="two\\nlines, a \\"quote\\", a tab\\t and ü"'])
+    assert "\n" in odd.description and parse_study(study_toml(odd), "resolved") == odd

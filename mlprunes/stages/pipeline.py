@@ -120,6 +120,7 @@ def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None,
     chosen = executor.make()  # a bad choice is an error before the pipeline run starts
     base_spec = _base_spec(plan_)
     name = plan_.name
+    study_graph(plan_, name, run, base_spec)  # a study that makes no graph fails before its run
     tags = {contract.TAG_STAGE: contract.PIPELINE, contract.TAG_PRESET: name}
     with tracking.open_run(experiment=run.experiment, run_name=run_name or f"pipeline-{name}",
                            tags=tags) as parent:
@@ -127,7 +128,8 @@ def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None,
         # The study travels with its runs: as a study file that runs it again, and as params.
         tracking.log_params({"preset": name, "base_arch": base_spec.to_json(),
                              "epochs": plan_.epochs, "prunes": plan_.prunes,
-                             "dataset": plan_.data.dataset, "seed": run.seed,
+                             "dataset": plan_.data.dataset,
+                             "seeds": list(plan_.seeds or (run.seed,)),
                              **study_params(plan_)})
         mlflow.log_text(study_toml(plan_), contract.STUDY_FILE)
         say(f"[pipeline] {name}: {plan_.description}; run {parent_id}")

@@ -83,7 +83,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
         return graph.add(label + suffix, TrainJob(
             spec=spec, recipe=plan.train_recipe(spec.family), data=plan.data,
             preset=plan.train.get("preset", spec.family), run=run, log_model=log_model,
-            run_name=f"train-{label}-{spec.name}"))
+            run_name=f"train-{label}-{spec.name}{suffix}"))
 
     base = train("base", base_spec)
     prunes = {c: graph.add(f"prune-{c}{suffix}", PruneJob(
@@ -105,8 +105,9 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
     reduced = []
     for overrides in plan.baselines:
         spec = make_spec(**{**plan.arch, **overrides}, num_classes=base_spec.num_classes)
-        reduced.append(train("reduced-" + "-".join(f"{k}{v}" for k, v in overrides.items()),
-                             spec))
+        label = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+                         for k, v in overrides.items())
+        reduced.append(train(f"reduced-{label}", spec))
     first = plan.criteria[0]
     if plan.family_budgets:
         base_params = count_params(base_spec)
@@ -131,4 +132,4 @@ def with_data_dir(plan: StudyPlan, data_dir: str | None, download: bool) -> Stud
     if data_dir is None and not download:
         return plan
     return replace(plan, data=replace(plan.data, data_dir=data_dir or plan.data.data_dir,
-                                      download=download))
+                                      download=download or plan.data.download))

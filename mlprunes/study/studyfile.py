@@ -13,6 +13,7 @@ a preset, a file or with overrides reuses the same runs.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import fields
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from mlprunes.arch import ArchError, make_spec
+from mlprunes.counting import count_params
 from mlprunes.data import DATASETS
 from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS
 from mlprunes.engine.recipes import preset as recipe_preset
@@ -35,18 +37,21 @@ PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100")
 Check = Callable[[Any], str | None]   # a problem with the value, or None
 
 
-def _integer(low: int | None = None) -> Check:
+def _integer(low: int | None = None, high: int | None = None) -> Check:
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int):
             return f"must be an integer, got {v!r}"
         if low is not None and v < low:
             return f"must be at least {low}, got {v}"
+        if high is not None and v > high:
+            return f"must be at most {high}, got {v}"
         return None
     return check
 
 
 def _number(low: float | None = None, high: float | None = None, above: float | None = None,
             below: float | None = None) -> Check:
+    """A real number (read as a float: `1` and `1.0` are one value, and key alike)."""
     def check(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return f"must be a finite number, got {v!r}"
@@ -109,22 +114,23 @@ def _overrides(v):
     return None
 
 
-_RECIPE = {"preset": _one_of(RECIPE_PRESETS), "batch_size": _integer(1),
+_RECIPE = {"preset": _one_of(RECIPE_PRESETS), "batch_size": _integer(1, 65536),
            "lr": _number(0), "momentum": _number(0, below=1),
            "weight_decay": _number(0), "schedule": _one_of(("step", "cosine", "constant")),
            "milestones": _list_of(_number(above=0, below=1)), "gamma": _number(above=0)}
-NETWORK = {"family": _one_of(("wrn", "densenet")), "depth": _integer(1),
-           "width": _number(above=0), "growth": _integer(1),
+NETWORK = {"family": _one_of(("wrn", "densenet")), "depth": _integer(1, 1000),
+           "width": _number(above=0, high=64), "growth": _integer(1, 1024),
            "bottle": _number(above=0, high=1)}
 
 SCHEMA: dict[str, dict[str, Check]] = {
     "": {"name": _text, "description": lambda v: None if isinstance(v, str)
          else f"must be a string, got {v!r}"},
     "data": {"dataset": _one_of(DATASETS), "data_dir": _text, "download": _boolean,
-             "val_split": _number(0, high=0.9), "image_size": _integer(4),
-             "shapes_train": _integer(2), "shapes_test": _integer(1), "data_seed": _integer(0)},
+             "val_split": _number(0, high=0.9), "image_size": _integer(4, 8192),
+             "shapes_train": _integer(2, 10 ** 7), "shapes_test": _integer(1, 10 ** 7),
+             "data_seed": _integer(0, 2 ** 32 - 1)},
     "network": NETWORK,
-    "train": {**_RECIPE, "epochs": _integer(1)},
+    "train": {**_RECIPE, "epochs": _integer(1, 100000)},
     "prune": {"criteria": _list_of(_one_of(CRITERIA), unique=True, empty=False),
               "prunes": _integer(1), "prune_every": _integer(1), "val_every": _integer(1),
               "save_every": _integer(1), "keep_one": _boolean, **_RECIPE},
@@ -137,10 +143,14 @@ SCHEMA: dict[str, dict[str, Check]] = {
                   "bottles": _list_of(_number(above=0, high=1), unique=True)},
     "family": {"budgets": _list_of(_number(above=0), unique=True),
                "budget": _one_of(BUDGETS)},
-    "evaluate": {"enabled": _boolean, "batch_size": _integer(1)},
-    "run": {"seeds": _list_of(_integer(0), unique=True, empty=False), "log_model": _boolean},
+    "evaluate": {"enabled": _boolean, "batch_size": _integer(1, 65536)},
+    "run": {"seeds": _list_of(_integer(0, 2 ** 32 - 1), unique=True, empty=False),
+            "log_model": _boolean},
 }
 _SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles": "bottle"}
+_RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
+_REAL = {"data": ("val_split",), "network": ("width", "bottle"), "train": _RECIPE_REALS,
+         "prune": _RECIPE_REALS, "baselines": ("widths", "bottles"), "family": ()}
 _PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one")
 
 
@@ -177,7 +187,26 @@ def parse_study(text: str, source: str, sets: Iterable[str] = (),
         for item in filter(str.strip, given.split(";")):
             _apply_set(tree, item, source)
     _check(tree, source)
+    _as_floats(tree)
     return _plan(tree, source, default_name)
+
+
+def _as_floats(tree: dict[str, Any]) -> None:
+    """Every real-valued field as a float, so that `lr = 1` and `lr = 1.0` make one job."""
+    for section, table in tree.items():
+        if not isinstance(table, dict):
+            continue
+        for key, value in table.items():
+            if key not in _REAL.get(section, ()):
+                continue
+            if isinstance(value, list):
+                table[key] = [float(v) for v in value]
+            else:
+                table[key] = float(value)
+    for overrides in tree.get("baselines", {}).get("reduced", []):
+        for key in ("width", "bottle"):
+            if key in overrides:
+                overrides[key] = float(overrides[key])
 
 
 def _apply_set(tree: dict[str, Any], item: str, source: str) -> None:
@@ -232,7 +261,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
     network.setdefault("family", "wrn")
     try:
         base = make_spec(**network, num_classes=10)
-    except (ArchError, TypeError, ValueError) as err:
+    except (ArchError, TypeError, ValueError, OverflowError) as err:
         raise StageError(f"{source}: [network] is not a valid network: {err}") from None
     train = dict(tree.get("train", {}))
     prune = dict(tree.get("prune", {}))
@@ -252,12 +281,29 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
     baselines = [dict(x) for x in tree.get("baselines", {}).get("reduced", [])]
     for sweep, field in _SWEEPS.items():
         baselines += [{field: v} for v in tree.get("baselines", {}).get(sweep, [])]
+    seen = []
     for overrides in baselines:
+        if overrides in seen:
+            raise StageError(f"{source}: baseline {overrides} is given twice (baselines.reduced "
+                             f"and the sweeps together)")
+        seen.append(overrides)
         try:
             make_spec(**{**network, **overrides}, num_classes=10)
-        except (ArchError, TypeError, ValueError) as err:
+        except (ArchError, TypeError, ValueError, OverflowError) as err:
             raise StageError(f"{source}: baseline {overrides} is not a valid network: {err}"
                              ) from None
+    keep_one = schedule.get("keep_one", False)
+    limit = base.prunable_channels - (base.num_blocks if keep_one else 0)
+    if prunes > limit:
+        raise StageError(f"{source}: prune.prunes = {prunes} is more than the {limit} channels "
+                         f"{base.name} can lose" + (" with keep_one" if keep_one else ""))
+    for budget in tree.get("family", {}).get("budgets", []):
+        if budget > 1 and budget != int(budget):
+            raise StageError(f"{source}: family.budgets item {budget}: a fraction of the base "
+                             f"network is at most 1; a parameter count is a whole number")
+        if budget <= 1 and int(count_params(base) * budget) < 1:
+            raise StageError(f"{source}: family.budgets item {budget}: less than one of the "
+                             f"base network's {count_params(base):,} parameters")
     family = tree.get("family", {})
     evaluate = tree.get("evaluate", {})
     run = tree.get("run", {})
@@ -322,8 +368,8 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # JSON's string escapes are TOML's basic-string escapes
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, dict):
