@@ -459,6 +459,73 @@ def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_n
     return stage.run_pipeline(plan, run, run_name=run_name, executor=choice)
 
 
+@main.command("plan")
+@study_options
+@click.option("--seeds", type=click.IntRange(1), default=None,
+              help="Run the study for seeds 0..N-1 [default: the study's seeds].")
+@click.option("--gpus", default="1", show_default=True, metavar="G1,G2,...",
+              help="GPU counts to give the makespan for.")
+@click.option("--images-per-second", type=float, default=None,
+              help="Training throughput of the base network on one GPU.")
+@click.option("--throughput-run-id", default=None, metavar="ID",
+              help="Or: take it from a finished train run's images_per_second, scaled by "
+                   "MACs to the base network.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def plan_command(preset, study_file, sets, seeds, gpus, images_per_second, throughput_run_id,
+                 as_json):
+    """What a study costs before it runs: each job's compute, GPU-hours, the critical path and
+    the makespan on each number of GPUs."""
+    from mlprunes.stages.common import dataset_classes
+    from mlprunes.study.cost import format_hours, study_cost, summary
+    from mlprunes.study.plans import study_graph
+
+    try:
+        counts = [int(g) for g in gpus.split(",") if g.strip()]
+        if not counts or min(counts) < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{gpus!r}: give GPU counts such as 1,8,64",
+                                 param_hint="--gpus") from None
+    if (images_per_second is None) == (throughput_run_id is None):
+        raise click.UsageError("give one of --images-per-second and --throughput-run-id")
+    try:
+        extra = [f"run.seeds={list(range(seeds))}"] if seeds else []
+        chosen = load_study(preset, study_file, [*sets, *extra])
+        spec = make_spec(**chosen.arch, num_classes=dataset_classes(chosen.data))
+        size = chosen.data.image_size or 32
+        if throughput_run_id is not None:
+            from mlprunes.stages import pipeline as stage, tracking
+
+            tracking.configure_client()
+            tracking.check_tracking_store()
+            images_per_second = stage.throughput_of(throughput_run_id, spec, size)
+        if not (images_per_second > 0 and math.isfinite(images_per_second)):
+            raise StageError(f"--images-per-second must be a positive number, got "
+                             f"{images_per_second}")
+        graph = study_graph(chosen, chosen.name, RunConfig(progress=False), spec)
+        cost = study_cost(graph, images_per_second, size)
+    except (StageError, ArchError) as err:
+        raise click.ClickException(str(err)) from None
+    figures = summary(cost, counts)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    width = max(len(j.node) for j in cost.jobs)
+    click.echo(f"{'job':<{width}}  {'stage':<8}  {'TMACs':>10}  {'GPU time':>10}")
+    for j in cost.jobs:
+        mark = " ~" if j.estimated else ""
+        click.echo(f"{j.node:<{width}}  {j.stage:<8}  {j.macs / 1e12:>10,.1f}  "
+                   f"{format_hours(j.seconds):>10}{mark}")
+    path_seconds, path = cost.critical_path()
+    click.echo(f"\n{chosen.name}: {len(cost.jobs)} jobs, {cost.gpu_hours:,.1f} GPU-hours at "
+               f"{images_per_second:,.0f} images/s of {cost.base} (~: estimated before its "
+               f"inputs exist)")
+    click.echo(f"critical path {format_hours(path_seconds)}: {' -> '.join(path)}")
+    for g in counts:
+        click.echo(f"makespan on {g} GPU{'s' if g > 1 else ''}: "
+                   f"{format_hours(cost.makespan(g))}")
+
+
 @main.group()
 def study() -> None:
     """Study files: print a preset's, check your own."""

@@ -184,3 +184,21 @@ def _warn_about_old_keys(experiment_id: str) -> None:
     if old:
         say(f"[pipeline] {len(old)} run(s) in this experiment were keyed by an older mlprunes "
             f"(key version {KEY_VERSION} now); they are kept but not reused")
+
+
+def throughput_of(run_id: str, spec_of_study, image_size: int) -> float:
+    """Training images per second of the study's base network, from a finished train run's
+    measured `images_per_second` (its median over epochs), scaled by MACs from its network to
+    the study's base network."""
+    from mlprunes.arch import ArchSpec
+    from mlprunes.counting import count
+
+    run = contract.get_run(run_id, stage=contract.TRAINED)
+    history = [m.value for m in MlflowClient().get_metric_history(run_id, "images_per_second")]
+    if not history:
+        raise StageError(f"run {run_id} logged no images_per_second to take a throughput from")
+    measured = sorted(history)[len(history) // 2]
+    spec = ArchSpec.from_json(run.data.params["arch_spec"])
+    size = int(run.data.params.get("image_size") or 32)
+    return measured * count(spec, (size, size)).flops / count(spec_of_study,
+                                                                (image_size, image_size)).flops
