@@ -35,8 +35,19 @@ def _task(name, job, launch, store, parent_run_id) -> Step:
     """A graph node in a Ray worker: the sequential executor's rule, in its own process. A
     cancelled task gets SIGINT, which stops the stage as a signal stops it anywhere: after any
     checkpoint being written, with its run marked KILLED."""
+    _use_reserved_cpus()
     with signals.stop_on_signals():
         return run_node(name, job, launch, store, parent_run_id, log=_stderr)
+
+
+def _use_reserved_cpus() -> None:
+    """As many compute threads as CPUs the job reserved: Ray sets OMP_NUM_THREADS for each
+    task, but a reused worker keeps the thread count torch read when it was first imported."""
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
 
 
 class RayExecutor:
