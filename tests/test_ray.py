@@ -155,3 +155,12 @@ def test_a_stopped_ray_pipeline_kills_its_running_jobs_and_a_rerun_finishes(stor
     for run in running:  # the very runs that were stopped, continued
         assert f"run {run.info.run_id} (resumed," in again.stderr
         assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_cluster_is_refused_a_store_only_this_machine_can_reach(store):
+    result = cli(*TINY, *RAY, "--ray-address", "10.0.0.1:6379")
+    assert result.exit_code == 1
+    assert result.error_lines[0].startswith(
+        "Error: a study on a Ray cluster needs a tracking store every node can reach")
+    assert not [r for r in MlflowClient().search_runs(
+        [e.experiment_id for e in MlflowClient().search_experiments()])]  # nothing started
