@@ -95,3 +95,14 @@ def test_plan_takes_the_throughput_from_a_finished_train_run(store):
     figures = json.loads(result.output[result.output.index("{"):])
     # The run trained the tiny study's own base network: no scaling.
     assert figures["images_per_second"] == pytest.approx(measured)
+
+
+def test_scratch_b_costs_the_base_networks_compute_per_network():
+    plan = load_preset("wrn-40-2", ["family.budgets=[0.25, 0.5]", "family.budget=scratch-b",
+                                    "scratch.budgets=['scratch-b']"])
+    spec = arch.make_spec(**plan.arch, num_classes=10)
+    cost = {j.node: j for j in study_cost(study_graph(plan, "p", RunConfig(progress=False),
+                                                      spec), 1000.0).jobs}
+    base = cost["base"].macs
+    assert cost["family"].macs == pytest.approx(2 * base)
+    assert cost["scratch-b-fisher-p300"].macs == pytest.approx(base)

@@ -108,8 +108,9 @@ class ExecutorChoice:
                 f"the local {uri}: start a tracking server (mlflow server --backend-store-uri "
                 f"postgresql://...) and set MLFLOW_TRACKING_URI to it (for a local Ray "
                 f"instance on this machine, leave out --ray-address)")
-        from mlprunes.study.ray_executor import RayExecutor
+        from mlprunes.study.ray_executor import RayExecutor, import_ray
 
+        import_ray()  # a missing extra is an error before the pipeline run starts
         return RayExecutor(self.ray_address, self.cpus_per_job, self.gpus_per_job,
                            env=tracking.worker_env(), log=say)
 
@@ -137,8 +138,11 @@ def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None,
         graph = study_graph(plan_, name, run, base_spec, pipeline_run_id=parent_id)
         used: list[Step] = []
 
+        order = {name: i for i, name in enumerate(graph.names)}
+
         def record(step: Step) -> None:
             used.append(step)
+            used.sort(key=lambda s: order[s.node])  # graph order, however the jobs finished
             if step.how != REUSED and step.stage != contract.COMPARE:
                 MlflowClient().set_tag(step.run_id, contract.TAG_PIPELINE_STEP, step.node)
             if step.stage != contract.COMPARE:  # compare reads this list

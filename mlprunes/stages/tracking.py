@@ -62,13 +62,17 @@ def tracking_uri() -> str:
 # Settings a worker process of a study (a Ray task) takes from the driver.
 _PASSED_ON = (_TIMEOUT, _RETRIES, "MLFLOW_DISABLE_TELEMETRY",
               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLPRUNES_HEARTBEAT_SECONDS",
-              "MLPRUNES_CHECKPOINT_DIR")
+              "MLPRUNES_CHECKPOINT_DIR", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
+              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_INSECURE_TLS",
+              "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+              "MLFLOW_S3_ENDPOINT_URL")
 
 
 def worker_env() -> dict[str, str]:
     """What another process needs to log where this one logs: the tracking URI (a local
-    store's path made absolute, since workers run elsewhere) and the client's settings."""
-    env = {k: os.environ[k] for k in _PASSED_ON if k in os.environ}
+    store's path made absolute, since workers run elsewhere), the client's settings and
+    credentials (the tracking server's, and an S3 artifact store's)."""
+    env = {k: v for k, v in os.environ.items() if k in _PASSED_ON or k.startswith("AWS_")}
     env["MLFLOW_TRACKING_URI"] = absolute_uri(mlflow.get_tracking_uri())
     return env
 
@@ -76,14 +80,19 @@ def worker_env() -> dict[str, str]:
 def absolute_uri(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    if uri.startswith("file:") or "://" not in uri:
+    if uri.startswith("file:") or _is_path(uri):
         return Path(uri.removeprefix("file:")).resolve().as_uri()
     return uri
 
 
+def _is_path(uri: str) -> bool:
+    """A bare path (MLflow's file store), not a scheme such as `databricks`."""
+    return "://" not in uri and not uri.startswith("databricks")
+
+
 def is_local_store(uri: str) -> bool:
     """A store only this machine can reach (a file or SQLite database)."""
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    return uri.startswith(("sqlite:", "file:")) or _is_path(uri)
 
 
 def check_tracking_store() -> None:

@@ -158,8 +158,10 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
         spec, macs, _, prune = _source(job.prune_run_id, graph, specs)
         base = graph[prune.base_run_id.node].job
         images = base.recipe.epochs * _images(base.data)
+        if job.budget == "scratch-b":  # each member: the base's training compute
+            return len(job.budgets) * STEP_COST * macs * images, True
         params = count_params(spec)
-        return sum(STEP_COST * macs * min(1.0, b / params) * images for b in job.budgets), True
+        return sum(STEP_COST * macs * b / params * images for b in job.budgets), True
     if isinstance(job, EvaluateJob):
         _, macs, estimated, _ = _source(job.run_id, graph, specs)
         return 2 * macs * _images(data, test=True), estimated   # masked and compressed

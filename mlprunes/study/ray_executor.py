@@ -66,28 +66,32 @@ class RayExecutor:
     def run(self, graph: Graph, launch: Launch, store: RunStore,
             parent_run_id: str | None = None,
             on_step: Callable[[Step], None] | None = None) -> list[Step]:
-        ray = _import_ray()
+        ray = import_ray()
         started_here = not ray.is_initialized()
-        if started_here:
-            self._start(ray)
         try:
+            if started_here:
+                self._start(ray)
             return self._schedule(ray, graph, launch, store, parent_run_id, on_step)
         finally:
-            if started_here:
+            if started_here and ray.is_initialized():
                 ray.shutdown()
 
     def _start(self, ray: Any) -> None:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                    "configure_logging": False}
-        if self.address is None:
-            options["num_cpus"] = os.cpu_count() or 1
+        if self.address is None:  # "local", or Ray would follow RAY_ADDRESS if it is set
+            options.update(address="local", num_cpus=len(os.sched_getaffinity(0)))
         else:
             options["address"] = self.address
         started = time.time()
         # Ray's core installs its own SIGTERM handler (it logs and aborts); a stop must reach
         # ours instead, so that the running jobs are cancelled and their runs end KILLED.
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(**options)
+        try:
+            ray.init(**options)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise StageError(f"cannot start Ray ({self.address or 'local'}): "
+                             f"{str(err).strip().splitlines()[0]}") from None
         for signum, handler in handlers.items():
             if handler is not None:
                 signal.signal(signum, handler)
@@ -96,10 +100,20 @@ class RayExecutor:
         self.log(f"[ray] {where}: {total.get('CPU', 0):.0f} CPUs, {total.get('GPU', 0):.0f} "
                  f"GPUs ({time.time() - started:.1f} s to start); {self.cpus:g} CPU and "
                  f"{self.gpus:g} GPU per job")
-        if self.cpus > total.get("CPU", 0) or self.gpus > total.get("GPU", 0):
-            raise StageError(f"a job asks for {self.cpus:g} CPUs and {self.gpus:g} GPUs but "
-                             f"the Ray cluster has {total.get('CPU', 0):g} and "
-                             f"{total.get('GPU', 0):g}: no job could ever start")
+        # A job must fit on one node, not only in the cluster, or it waits forever.
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if not any(self.cpus <= n.get("CPU", 0) and self.gpus <= n.get("GPU", 0)
+                   for n in nodes):
+            largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+            raise StageError(f"a job asks for {self.cpus:g} CPUs and {self.gpus:g} GPUs but no "
+                             f"Ray node has that much (the largest: {largest.get('CPU', 0):g} "
+                             f"CPUs, {largest.get('GPU', 0):g} GPUs): no job could ever start")
+        if self.gpus == 0 and total.get("GPU", 0) > 0:
+            # A task that reserves no GPU still sees every GPU, and would train on GPU 0 with
+            # all the others: jobs without a GPU of their own run on CPUs.
+            self.env["CUDA_VISIBLE_DEVICES"] = ""
+            self.log("[ray] --gpus-per-job 0: jobs run on CPUs; give --gpus-per-job 1 to train "
+                     "each on a GPU of its own")
 
     def _schedule(self, ray, graph, launch, store, parent_run_id, on_step) -> list[Step]:
         remote = ray.remote(_task).options(num_cpus=self.cpus, num_gpus=self.gpus,
@@ -122,8 +136,9 @@ class RayExecutor:
                 elif all(n in run_ids for n in node.needs):
                     waiting.remove(node)
                     job = node.job.resolved(run_ids)
-                    future = remote.remote(node.name, job, launch, store, parent_run_id)
-                    running[future] = (node.name, time.time())
+                    with signals.deferred():  # a stop waits until the task is known to cancel
+                        future = remote.remote(node.name, job, launch, store, parent_run_id)
+                        running[future] = (node.name, time.time())
                     self.log(f"[ray] started {node.name}")
 
         def status() -> None:
@@ -187,7 +202,7 @@ def _reason(err: BaseException) -> str:
     return (text[-1] if text else type(cause).__name__)[:300]
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
     except ImportError:
