@@ -455,6 +455,9 @@ def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_n
     if dry_run:
         print_plan(stage.dry_run(plan, run))
         return None
+    if executor == "sequential" and (ray_address or cpus_per_job != 1 or gpus_per_job != 0):
+        raise click.UsageError("--ray-address, --cpus-per-job and --gpus-per-job apply to "
+                               "--executor ray")
     choice = stage.ExecutorChoice(executor, ray_address or None, cpus_per_job, gpus_per_job)
     return stage.run_pipeline(plan, run, run_name=run_name, executor=choice)
 

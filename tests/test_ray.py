@@ -164,3 +164,8 @@ def test_a_cluster_is_refused_a_store_only_this_machine_can_reach(store):
         "Error: a study on a Ray cluster needs a tracking store every node can reach")
     assert not [r for r in MlflowClient().search_runs(
         [e.experiment_id for e in MlflowClient().search_experiments()])]  # nothing started
+
+
+def test_ray_options_without_the_ray_executor_are_refused(store):
+    result = cli(*TINY, "--gpus-per-job", "1")
+    assert result.exit_code == 2 and "apply to --executor ray" in result.stderr
