@@ -39,6 +39,17 @@ def serve(folder: Path, port: int) -> subprocess.Popen:
     raise RuntimeError((folder / "server.log").read_text()[-2000:])
 
 
+def two_epochs_in(train: subprocess.Popen, client: MlflowClient) -> str:
+    """The ID of the training process's run, once it has logged two epochs."""
+    deadline = time.time() + 120
+    while time.time() < deadline and train.poll() is None:
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2:
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError("training ended before the outage")
+
+
 def point_at(url: str, monkeypatch) -> None:
     """This process's MLflow client (and its children's) at `url`, restored after the test."""
     import mlflow
@@ -72,14 +83,7 @@ def test_a_run_rides_out_a_server_restart_and_logs_every_epoch_once(tmp_path, mo
         train = subprocess.Popen([str(BIN / "mlprunes"), *args], env=env, cwd=str(tmp_path),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = MlflowClient(url)
-        run_id, deadline = None, time.time() + 120
-        while time.time() < deadline and train.poll() is None:
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2:
-                run_id = runs[0].info.run_id
-                break
-            time.sleep(0.2)
-        assert run_id is not None and train.poll() is None, "training ended before the outage"
+        run_id = two_epochs_in(train, client)
         stop(server)
         time.sleep(30)
         assert train.poll() is None, train.communicate()[0][-3000:]
@@ -115,14 +119,7 @@ def test_a_server_lost_for_good_is_one_line_naming_the_kept_checkpoint_and_a_res
         train = subprocess.Popen([str(BIN / "mlprunes"), *args], env=env, cwd=str(tmp_path),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = MlflowClient(url)
-        run_id, deadline = None, time.time() + 120
-        while time.time() < deadline and train.poll() is None:
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2:
-                run_id = runs[0].info.run_id
-                break
-            time.sleep(0.2)
-        assert run_id is not None and train.poll() is None, "training ended before the outage"
+        run_id = two_epochs_in(train, client)
         stop(server)
         out, _ = train.communicate(timeout=300)
         assert train.returncode == 1, out[-3000:]
