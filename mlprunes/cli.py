@@ -363,19 +363,24 @@ def family(prune_run_id, prunes, budgets, budget, run: RunConfig, run_name, log_
 @main.command()
 @click.option("--run-id", required=True, help="A train, prune, scratch or family member run.")
 @click.option("--prunes", type=int, default=None,
-              help="For a prune run: the checkpoint at N prunes [default: its last].")
+              help="For a prune run: the checkpoint at N prunes [default: its last, or the "
+                   "one nearest --match-run-id's size].")
+@click.option("--match-run-id", default=None,
+              help="A trained network to time in turn with this one (a reduced baseline of "
+                   "about the same size); a prune run is taken at its saved checkpoint nearest "
+                   "that network's parameter count.")
 @click.option("--batch-size", type=int, default=64, show_default=True,
               help="Latency batch size (batch 1 is always measured too).")
 @click.option("--repeats", type=int, default=20, show_default=True)
 @RUN.apply
 @run_name_option
 @stage_command
-def evaluate(run_id, prunes, batch_size, repeats, run: RunConfig, run_name):
+def evaluate(run_id, prunes, match_run_id, batch_size, repeats, run: RunConfig, run_name):
     """Test error, params, FLOPs and latency (masked vs compressed) of a run's network."""
     from mlprunes.stages import evaluate as stage
 
-    job = EvaluateJob(run_id=run_id, prunes=prunes, batch_size=batch_size, repeats=repeats,
-                      run=run, run_name=run_name)
+    job = EvaluateJob(run_id=run_id, prunes=prunes, match_run_id=match_run_id or None,
+                      batch_size=batch_size, repeats=repeats, run=run, run_name=run_name)
     return stage.run(job)
 
 
@@ -397,8 +402,33 @@ def compare(experiment, run_ids, parent_run_id, run_name):
     return stage.run(job)
 
 
+class SeedList(click.ParamType):
+    """Seeds as a comma-separated list, e.g. 0,1,2 (empty: the study's own)."""
+    name = "S1,S2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            seeds = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"not a comma-separated list of seeds: {value!r}", param, ctx)
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            self.fail(f"seeds must be distinct and not negative: {value!r}", param, ctx)
+        return seeds
+
+
+def seed_sets(seeds: tuple[int, ...] | None) -> list[str]:
+    """--seeds as the study-file override it stands for."""
+    return [f"run.seeds={list(seeds)}"] if seeds else []
+
+
 def study_options(fn):
     """Which study: a preset or a study file, with fields overridden."""
+    fn = click.option("--seeds", type=SeedList(), default=None,
+                      help="Repeat the whole study for these seeds, e.g. 0,1,2; each seed's "
+                           "runs start from its own base network [default: the study's "
+                           "run.seeds].")(fn)
     fn = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                       help="Override a field of the study, e.g. --set prune.prunes=300 "
                            "--set 'run.seeds=[0, 1, 2]' (VALUE is TOML; a bare word is a "
@@ -444,14 +474,14 @@ def load_study(preset: str | None, study_file: str | None, sets: tuple[str, ...]
 @click.option("--gpus-per-job", type=float, default=0.0, show_default=True,
               help="With --executor ray: GPUs each job reserves (1 to train on a GPU each).")
 @stage_command
-def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_name, dry_run,
-             executor, ray_address, cpus_per_job, gpus_per_job):
+def pipeline(preset, study_file, sets, seeds, data_dir, download, run: RunConfig, run_name,
+             dry_run, executor, ray_address, cpus_per_job, gpus_per_job):
     """Run a whole study as child runs of one pipeline run, reusing finished steps."""
     from mlprunes.stages import pipeline as stage
     from mlprunes.study.plans import with_data_dir
 
-    plan = with_data_dir(load_study(preset or None, study_file or None, sets), data_dir,
-                         download)
+    plan = with_data_dir(load_study(preset or None, study_file or None,
+                                    (*sets, *seed_sets(seeds))), data_dir, download)
     if dry_run:
         print_plan(stage.dry_run(plan, run))
         return None
@@ -464,8 +494,6 @@ def pipeline(preset, study_file, sets, data_dir, download, run: RunConfig, run_n
 
 @main.command("plan")
 @study_options
-@click.option("--seeds", type=click.IntRange(1), default=None,
-              help="Run the study for seeds 0..N-1 [default: the study's seeds].")
 @click.option("--gpus", default="1", show_default=True, metavar="G1,G2,...",
               help="GPU counts to give the makespan for.")
 @click.option("--images-per-second", type=float, default=None,
@@ -492,8 +520,7 @@ def plan_command(preset, study_file, sets, seeds, gpus, images_per_second, throu
     if (images_per_second is None) == (throughput_run_id is None):
         raise click.UsageError("give one of --images-per-second and --throughput-run-id")
     try:
-        extra = [f"run.seeds={list(range(seeds))}"] if seeds else []
-        chosen = load_study(preset, study_file, [*sets, *extra])
+        chosen = load_study(preset, study_file, [*sets, *seed_sets(seeds)])
         spec = make_spec(**chosen.arch, num_classes=dataset_classes(chosen.data))
         size = chosen.data.image_size or 32
         if throughput_run_id is not None:

@@ -24,7 +24,7 @@ from mlprunes.pruning.saliency import CRITERIA as SALIENCY_CRITERIA
 
 # Part of every key: bumped when what a key means changes, so that runs made by an older
 # mlprunes are never taken for runs of the new one (they are re-run, not half-reused).
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 BUDGETS = ("scratch-e", "scratch-b")
 DEFAULT_EXPERIMENT = "mlprunes"
@@ -182,6 +182,17 @@ class Job:
         """What else changes this stage's result (evaluate: the device it measures on)."""
         return {}
 
+    def replicate_key(self, input_keys: dict[str, str]) -> str:
+        """The key of this job's configuration whatever its seed: runs that differ only in
+        their seed, or in inputs that differ only in theirs, are replicates and share it.
+        `input_keys` gives each input field's run's replicate key."""
+        settings = key_settings(self)
+        settings["run"].pop("seed")
+        settings.update(input_keys)
+        text = json.dumps({"stage": self.stage, "key_version": KEY_VERSION, **settings,
+                           **self.key_extra()}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
     def inputs(self) -> dict[str, RunRef]:
         """The input runs, by field name."""
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -332,6 +343,8 @@ class EvaluateJob(Job):
     stage: ClassVar[str] = "evaluate"
     run_id: RunRef = _input()
     prunes: int | None = None                 # of a prune run: the checkpoint at N prunes
+    match_run_id: RunRef | None = _input()    # a network to time beside it; a prune run is
+    #                                           then taken at its checkpoint nearest its size
     batch_size: int = 64
     repeats: int = setting(20)
     run: RunConfig = RunConfig()

@@ -64,15 +64,18 @@ def test_a_known_network_costs_exactly_three_passes_per_image_seen():
 
 def test_plan_prints_the_figures_and_refuses_bad_input():
     runner = CliRunner()
-    shown = runner.invoke(main, ["plan", "--preset", "wrn-40-2", "--seeds", "3", "--gpus",
+    shown = runner.invoke(main, ["plan", "--preset", "wrn-40-2", "--seeds", "0,1,2", "--gpus",
                                  "1,8,64", "--images-per-second", "5000", "--json"])
     assert shown.exit_code == 0, shown.output
     figures = json.loads(shown.output)
-    assert len(figures["jobs"]) == 3 * 23 + 1
+    # Per seed: base, 2 prunes, 8 scratch, 7 reduced, a family and 2 evaluations.
+    assert len(figures["jobs"]) == 3 * 21 + 1
+    assert {j["node"].rsplit("-s", 1)[1] for j in figures["jobs"][:-1]} == {"0", "1", "2"}
     assert set(figures["makespan_hours"]) == {"1", "8", "64"}
     assert figures["makespan_hours"]["1"] == pytest.approx(figures["gpu_hours"])
     assert figures["critical_path"][0] == "base-s0"
     for bad, message in [(["--gpus", "0"], "give GPU counts"),
+                         (["--seeds", "0,0"], "distinct"), (["--seeds", "a"], "list of seeds"),
                          (["--gpus", "x"], "give GPU counts"),
                          ([], "give one of --images-per-second and --throughput-run-id"),
                          (["--images-per-second", "-3"], "must be a positive number")]:
@@ -99,7 +102,7 @@ def test_plan_takes_the_throughput_from_a_finished_train_run(store):
 
 def test_scratch_b_costs_the_base_networks_compute_per_network():
     plan = load_preset("wrn-40-2", ["family.budgets=[0.25, 0.5]", "family.budget=scratch-b",
-                                    "scratch.budgets=['scratch-b']"])
+                                    "scratch.budgets=['scratch-b']", "run.seeds=[0]"])
     spec = arch.make_spec(**plan.arch, num_classes=10)
     cost = {j.node: j for j in study_cost(study_graph(plan, "p", RunConfig(progress=False),
                                                       spec), 1000.0).jobs}

@@ -1,5 +1,7 @@
 """compare on a small real study: the table matches the runs, every group is plotted."""
 
+import json
+import math
 import re
 
 import pytest
@@ -40,9 +42,11 @@ def study(tmp_path_factory):
     ids["depth"] = cli(*TRAIN, "--depth", "10", "--width", "1").run_id
     ids["width"] = cli(*TRAIN, "--depth", "16", "--width", "0.5").run_id
     ids["bottle"] = cli(*TRAIN, "--depth", "16", "--width", "1", "--bottle", "0.5").run_id
-    for key in ("fisher", "width"):
-        ids[f"eval-{key}"] = cli("evaluate", "--run-id", ids[key], "--repeats", "2",
-                                 "--no-progress").run_id
+    ids["eval-width"] = cli("evaluate", "--run-id", ids["width"], "--repeats", "2",
+                            "--no-progress").run_id
+    # The pruned network timed in turn with the reduced width: the study's question 4.
+    ids["eval-fisher"] = cli("evaluate", "--run-id", ids["fisher"], "--match-run-id",
+                             ids["width"], "--repeats", "2", "--no-progress").run_id
     ids["compare"] = cli("compare").run_id
     yield ids, work
     mp.undo()
@@ -90,15 +94,27 @@ def test_every_group_appears_in_the_plot_data(study):
         assert {s.group for s in series} == GROUPS, axis
         curves = [s for s in series if s.kind == "curve"]
         assert {s.run_ids[0] for s in curves} == {ids["fisher"], ids["l1"]}
-        # A pruning curve has one point per validation: prunes 0, 10, 20, 30.
-        assert all(len(s.points) == 4 for s in curves)
+        # The test curve: the base network, the checkpoint at 15 prunes, the final network.
+        assert all(len(s.points) == 3 for s in curves)
+    validation = series_for(records, "params", error="validation")
+    assert {s.kind for s in validation} == {"curve"}    # test error is never on its axis
+    # One point per validation: prunes 0, 10, 20, 30, and the save at 15.
+    assert all(len(s.points) == 5 for s in validation)
+    fisher_run = next(r for r in records if r.run_id == ids["fisher"])
+    base_run = MlflowClient().get_run(ids["base"])
+    assert fisher_run.test_curve[0].error == base_run.data.metrics["test_error"]
+    checkpoint = MlflowClient().get_metric_history(ids["fisher"], "test_error")
+    assert sorted(m.step for m in checkpoint) == [15, 30]   # each checkpoint's, logged once
     fisher = next(s for s in series_for(records, "params") if s.run_ids == [ids["fisher"]])
     params = [x for x, _ in sorted(fisher.points, reverse=True)]
     assert params == sorted(params, reverse=True) and params[0] > params[-1]
-    cost = next(s for s in series_for(records, "macs") if s.run_ids == [ids["fisher"]])
+    cost = next(s for s in series_for(records, "macs", error="validation")
+                if s.run_ids == [ids["fisher"]])
     base_macs = MlflowClient().get_run(ids["base"]).data.metrics["train_macs"]
     spent = sorted(x for x, _ in cost.points)
     assert spent[0] > base_macs and spent == sorted(set(spent))  # continues the base's cost
+    tested = next(s for s in series_for(records, "macs") if s.run_ids == [ids["fisher"]])
+    assert sorted(tested.points)[0][0] == base_macs     # the test curve starts at the base
     fisher_run = next(r for r in records if r.run_id == ids["fisher"])
     assert fisher_run.curve[0].epochs > 1.0  # the base's epoch plus fine-tuning
     latency = latency_series(records)
@@ -112,16 +128,41 @@ def test_report_is_self_contained_and_lists_every_run(study, tmp_path):
     assert {"report.html", "runs.csv", "plots"} <= artifacts
     plots = {f.path for f in client.list_artifacts(ids["compare"], "plots")}
     for stem in ("error_vs_params", "error_vs_flops", "error_vs_training_cost",
-                 "latency_vs_error"):
+                 "latency_vs_error", "pruning_curves_validation", "q1_pruned_vs_reduced",
+                 "q2_scratch_vs_pruned", "q3_family_vs_pruned", "q4_latency"):
         assert {f"plots/{stem}.png", f"plots/{stem}.svg"} <= plots
+    assert {"answers.json", "configurations.csv"} <= artifacts
     html = read_artifact_text(ids["compare"], "report.html", tmp_path)
-    assert len(re.findall(r'<img alt="[a-z]+ plot" src="data:image/png;base64,', html)) == 4
+    assert len(re.findall(r'<img alt="[a-z0-9]+ plot" src="data:image/png;base64,', html)) == 9
+    assert html.index('id="answers"') < html.index("<h2>Plots</h2>")
     assert "http://" not in html and "https://" not in html  # nothing needs the network
     table = read_csv(read_artifact_text(ids["compare"], "runs.csv", tmp_path / "t"))
     for row in table:
         assert row["run_id"] in html
     for group in GROUPS:
         assert group in html
+
+
+def test_a_matched_evaluation_takes_the_checkpoint_nearest_in_size(study, tmp_path):
+    ids, _ = study
+    client = MlflowClient()
+    evaluation = client.get_run(ids["eval-fisher"])
+    width = client.get_run(ids["width"]).data.metrics["params"]
+    sizes = {m.step: m.value for m in client.get_metric_history(ids["fisher"], "params")}
+    nearest = min((15, 30), key=lambda p: abs(math.log(sizes[p] / width)))
+    assert evaluation.data.params["checkpoint"].endswith(f"prunes_{nearest:05d}.pt")
+    assert evaluation.data.tags["mlprunes.matched_run_id"] == ids["width"]
+    metrics = evaluation.data.metrics
+    assert metrics["matched_params"] == width and metrics["params"] == sizes[nearest]
+    for bs in (1, 64):
+        assert metrics[f"latency_matched_b{bs}_ms"] > 0
+    answers = json.loads(read_artifact_text(ids["compare"], "answers.json", tmp_path))
+    assert [a["question"] for a in answers] == [1, 2, 3, 4]
+    q4 = answers[3]["comparisons"]
+    assert {c["name"].rsplit("_", 1)[1] for c in q4} == {"b1", "b64"}
+    assert all(c["verdict"] == "one seed: no interval" for c in q4)
+    compare = client.get_run(ids["compare"]).data.metrics
+    assert any(k.startswith("q4_") and k.endswith("_diff") for k in compare)
 
 
 def test_groups_and_pareto_front_on_records_made_by_hand():

@@ -1,8 +1,10 @@
 """The prune-while-fine-tuning loop: the paper's method in one place, free of any tracking store.
 
 For p = 0 .. N prunes done: fine-tune `prune_every` steps (recovering from the last prune while
-the saliency of the next one accumulates), validate every `val_every` prunes (and at the start
-and end), save every `save_every` prunes (and at the end), then prune one channel. The loop
+the saliency of the next one accumulates), validate every `val_every` prunes (and at the start,
+at each save and at the end), save every `save_every` prunes (and at the end), then prune one
+channel. Given a test loader, the point at each save before the last also has the test error,
+so that a network the study compares is measured as networks trained to the end are. The loop
 reports through callbacks, as `fit` does: each validation point to `on_point`, each checkpoint to
 `on_save` (its tensors are the live model's: write it out before returning). A checkpoint holds
 everything the loop needs (weights, masks, optimiser, data position, saliency, RNG, history,
@@ -27,7 +29,7 @@ PointCallback = Callable[[Point], None]
 SaveCallback = Callable[[int, dict[str, Any]], None]   # (prunes done, checkpoint)
 
 CURVE_COLUMNS = ("prunes", "channels_left", "params", "flops", "val_error", "val_loss",
-                 "finetune_epochs", "train_macs")
+                 "test_error", "finetune_epochs", "train_macs")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class PruneSchedule:
             raise ValueError(f"prunes must be >= 0, got {self.prunes}")
 
     def validates_at(self, p: int) -> bool:
-        return p % self.val_every == 0 or p == self.prunes
+        return p % self.val_every == 0 or self.saves_at(p)
 
     def saves_at(self, p: int) -> bool:
         return (p > 0 and p % self.save_every == 0) or p == self.prunes
@@ -57,10 +59,11 @@ def prune_while_finetuning(trainer: Trainer, pruner: Pruner, schedule: PruneSche
                            curve: Sequence[Point] = (), macs_before: float = 0.0,
                            on_point: Sequence[PointCallback] = (),
                            on_save: Sequence[SaveCallback] = (),
-                           progress: bool = False) -> list[Point]:
+                           test_loader=None, progress: bool = False) -> list[Point]:
     """Run the loop from `start` prunes done (0, or where `restore` left it) to the
     schedule's end; return the validation curve. `macs_before` is the training cost already
-    spent on the network (its base training), so that `train_macs` counts the whole history."""
+    spent on the network (its base training), so that `train_macs` counts the whole history.
+    The last save has no test error here: the final network's is the caller's to measure."""
     from tqdm import tqdm
 
     curve = list(curve)
@@ -73,6 +76,9 @@ def prune_while_finetuning(trainer: Trainer, pruner: Pruner, schedule: PruneSche
             if schedule.validates_at(p):
                 point = validation_point(p, trainer, pruner, eval_loader, image_size,
                                          macs_before)
+                if test_loader is not None and schedule.saves_at(p) and p < schedule.prunes:
+                    point["test_error"] = evaluate(trainer.model, test_loader,
+                                                   trainer.amp_dtype)["error"]
                 curve.append(point)
                 for callback in on_point:
                     callback(point)

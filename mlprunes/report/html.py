@@ -7,8 +7,9 @@ import html
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mlprunes.report.answers import Answer
 from mlprunes.report.records import RunRecord
-from mlprunes.report.table import html_table, rows
+from mlprunes.report.table import configurations, configurations_html, html_table, rows
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px;
@@ -23,46 +24,99 @@ th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 8px; text-align: left; }
 th { background: #f5f5f5; position: sticky; top: 0; }
 td:nth-child(n+5):nth-child(-n+9) { text-align: right; font-variant-numeric: tabular-nums; }
 ul.best li { margin: 2px 0; }
+section.answer { border-left: 4px solid #1f77b4; padding: 2px 12px; margin: 10px 0; }
+section.answer h3 { font-size: 15px; margin: 6px 0; }
+.verdict { font-weight: 600; }
+table.answers td:nth-child(n+3) { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 CAPTIONS = {
-    "params": "Pruning curves are the validation error measured while pruning; points are "
-              "networks trained to the end (test error). The dashed line is the Pareto front of "
-              "those networks.",
+    "params": "Test error. A pruning curve is its checkpoints' test error (starting at the "
+              "base network); points are networks trained to the end. With several seeds, "
+              "lines and points are means, bands and bars one standard deviation. The dashed "
+              "line is the Pareto front of the trained networks.",
+    "validation": "The validation error measured while pruning, the curve pruning decisions "
+                  "were made on (test error is on the other plots).",
     "flops": "Multiply-accumulates of convolutions and linear layers per image.",
     "macs": "Training compute spent on each network (forward + backward taken as three "
             "forward passes). A pruning curve starts at its base network's cost and adds its "
             "fine-tuning, which runs the masked network at full width.",
     "latency": "Measured by evaluate runs: the compressed network at batch 1 on the device "
                "that ran them.",
+    "q1": "Question 1: each reduced baseline against the pruning test curves.",
+    "q2": "Question 2: pruned architectures trained anew against the pruned networks.",
+    "q3": "Question 3: family members against the pruning test curve they were scaled from.",
+    "q4": "Question 4: the pruned network and a reduced network of about its size, timed in "
+          "turn by one evaluate run.",
 }
+
+
+def _number(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.2f}" if unit != "ms" else f"{value:+.3g}"
+
+
+def answers_html(answers: list[Answer]) -> str:
+    """The Answers section: per question, each comparison's difference, interval and verdict."""
+    parts = []
+    for a in answers:
+        body = []
+        for c in a.comparisons:
+            d = c.difference
+            interval = (f"[{_number(d.low, c.unit)}, {_number(d.high, c.unit)}]"
+                        if d is not None and d.has_interval else "")
+            means = (f"{sum(c.first_values) / len(c.first_values):.3g} vs "
+                     f"{sum(c.second_values) / len(c.second_values):.3g}"
+                     if c.first_values and c.second_values else "")
+            at = f"{c.at_params:,.0f}" if c.at_params else ""
+            body.append(
+                f"<tr><td>{html.escape(c.title)}</td><td>{at}</td><td>{means}</td>"
+                f"<td>{_number(d.value, c.unit) if d is not None else ''}</td>"
+                f"<td>{interval}</td><td>{d.n if d is not None else 0}</td>"
+                f'<td class="verdict">{html.escape(c.verdict)}</td>'
+                f"<td>{html.escape(c.note)}</td></tr>")
+        unit = "ms" if a.question == 4 else "points of test error"
+        table = (f'<table class="answers"><thead><tr><th>Comparison (first vs second)</th>'
+                 f"<th>At params</th><th>Means</th><th>Difference ({unit})</th>"
+                 f"<th>95% CI</th><th>n</th><th>Verdict</th><th>Note</th></tr></thead>"
+                 f"<tbody>{''.join(body)}</tbody></table>" if body else "")
+        parts.append(f'<section class="answer" id="q{a.question}"><h3>{a.question}. '
+                     f"{html.escape(a.text)}</h3><p><span class=\"verdict\">"
+                     f"{html.escape(a.summary)}</span></p>{table}</section>")
+    return "\n".join(parts)
 
 
 def _image(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def best_by_group(records: list[RunRecord]) -> list[tuple[str, RunRecord]]:
-    """The lowest test error in each group of trained networks."""
-    best: dict[str, RunRecord] = {}
-    for r in records:
-        if r.stage in ("train", "scratch", "family-member", "prune") and r.test_error is not None:
-            if r.group not in best or r.test_error < best[r.group].test_error:
-                best[r.group] = r
-    return sorted(best.items(), key=lambda kv: kv[1].test_error)
+def best_by_group(records: list[RunRecord]) -> list[tuple[str, dict]]:
+    """The configuration with the lowest mean test error in each group of networks (a mean
+    over its seeds, not the luckiest seed). Groups hold networks of different sizes: the
+    Answers compare at matched size."""
+    best: dict[str, dict] = {}
+    for row in configurations(records):
+        if row["test_error_mean"] is None:
+            continue
+        if row["group"] not in best or row["test_error_mean"] < best[row["group"]][
+                "test_error_mean"]:
+            best[row["group"]] = row
+    return sorted(best.items(), key=lambda kv: kv[1]["test_error_mean"])
 
 
 def render(records: list[RunRecord], plots: dict[str, dict[str, Path]], title: str,
-           subtitle: str = "") -> str:
+           subtitle: str = "", answers: list[Answer] = ()) -> str:
     table = rows(records)
     figures = "\n".join(
         f'<figure id="plot-{axis}"><img alt="{html.escape(axis)} plot" src="{_image(p["png"])}">'
         f"<figcaption>{html.escape(CAPTIONS.get(axis, ''))}</figcaption></figure>"
         for axis, p in plots.items())
     best = "\n".join(
-        f"<li><b>{html.escape(group)}</b>: {r.test_error:.2f}% test error with "
-        f"{(r.params or 0):,.0f} params ({html.escape(r.name)})</li>" for group, r in
-        best_by_group(records))
+        f"<li><b>{html.escape(group)}</b>: {row['test_error_mean']:.2f}% test error"
+        + (f" (mean of {row['n']})" if row["n"] > 1 else "")
+        + f" with {(row['params'] or 0):,.0f} params ({html.escape(row['configuration'])})"
+          f"</li>" for group, row in best_by_group(records))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -70,10 +124,19 @@ def render(records: list[RunRecord], plots: dict[str, dict[str, Path]], title: s
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(subtitle)} {len(table)} runs; made {stamp} by mlprunes compare.</p>
-<h2>Best network of each group</h2>
+<h2 id="answers">Answers</h2>
+<p class="meta">Differences are the first minus the second, at matched size, with a 95%
+confidence interval over seeds (Welch's for question 1; paired by seed for 2 to 4). Negative
+differences favour the first.</p>
+{answers_html(list(answers))}
+<h2>Lowest error in each group (any size)</h2>
 <ul class="best">{best}</ul>
 <h2>Plots</h2>
 <div class="plots">{figures}</div>
+<h2>Configurations</h2>
+<p class="meta">Runs that differ only in their seed, as one row: mean, standard deviation
+and n.</p>
+{configurations_html(configurations(records))}
 <h2>Runs</h2>
 {html_table(table)}
 </body></html>

@@ -38,12 +38,21 @@ class RunRecord:
     train_macs: float | None = None       # ... and in multiply-accumulates
     latency_ms: float | None = None       # evaluate runs: compressed network at batch 1
     latency_masked_ms: float | None = None
+    latency: dict[str, float] = field(default_factory=dict)  # evaluate: "compressed_b64" -> ms
+    matched_run_id: str = ""              # evaluate: the network timed beside this one
+    matched_params: float | None = None
+    seed: int | None = None
+    replicate: str = ""                   # runs that differ only in seed share it
     base_run_id: str = ""
     prune_run_id: str = ""
     source_run_id: str = ""
     parent_run_id: str = ""
-    curve: list[CurvePoint] = field(default_factory=list)
+    curve: list[CurvePoint] = field(default_factory=list)      # validation error
+    test_curve: list[CurvePoint] = field(default_factory=list)  # test error at checkpoints
     group: str = ""
+
+    def __post_init__(self) -> None:
+        self.replicate = self.replicate or self.run_id
 
 
 def criterion_name(criterion: str) -> str:

@@ -3,6 +3,7 @@ report that answer its questions."""
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import mlflow
@@ -10,13 +11,15 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchError, ArchSpec
+from mlprunes.report.answers import answer_all, answer_metrics
 from mlprunes.report.html import render
 from mlprunes.report.plots import draw_all
 from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
-from mlprunes.report.table import rows, write_csv
+from mlprunes.report.table import CONFIG_COLUMNS, configurations, rows, write_csv
 from mlprunes.errors import StageError
 from mlprunes.jobs import DEFAULT_EXPERIMENT, CompareJob
 from mlprunes.stages import contract, tracking
+from mlprunes.stages.common import say
 from mlprunes.stages.contract import STUDY_STAGES, TAG_STAGE
 
 
@@ -87,21 +90,37 @@ def _spec(params: dict[str, str]) -> ArchSpec | None:
         return None
 
 
-def _curve(client: MlflowClient, run: Run, base_epochs: float) -> list[CurvePoint]:
-    """A prune run's per-prune metrics as curve points (step = prunes done)."""
+def _curves(client: MlflowClient, run: Run, base_epochs: float,
+            base: Run | None) -> tuple[list[CurvePoint], list[CurvePoint]]:
+    """A prune run's per-prune metrics as curve points (step = prunes done): its validation
+    curve, and its test curve (the checkpoints' test error, starting at the base network's)."""
     history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-               for key in ("val_error", "params", "flops", "finetune_epochs", "train_macs")}
-    points = []
-    for step in sorted(history["val_error"]):
-        if step in history["params"] and step in history["flops"]:
-            points.append(CurvePoint(step, history["params"][step], history["flops"][step],
-                                     history["val_error"][step],
-                                     base_epochs + history["finetune_epochs"].get(step, 0.0),
-                                     history["train_macs"].get(step)))
-    return points
+               for key in ("val_error", "test_error", "params", "flops", "finetune_epochs",
+                           "train_macs")}
+
+    def points(error: str) -> list[CurvePoint]:
+        return [CurvePoint(step, history["params"][step], history["flops"][step],
+                           history[error][step],
+                           base_epochs + history["finetune_epochs"].get(step, 0.0),
+                           history["train_macs"].get(step))
+                for step in sorted(history[error])
+                if step in history["params"] and step in history["flops"]]
+
+    test = points("test_error")
+    if base is not None and test and all(k in base.data.metrics
+                                         for k in ("params", "flops", "test_error")):
+        m = base.data.metrics
+        test.insert(0, CurvePoint(0, m["params"], m["flops"], m["test_error"], base_epochs,
+                                  m.get("train_macs")))
+    return points("val_error"), test
 
 
-def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> RunRecord:
+def _seed(params: dict[str, str]) -> int | None:
+    value = _float(params.get("seed"))
+    return int(value) if value is not None else None
+
+
+def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunRecord:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     stage = tags.get(TAG_STAGE, "")
     record = RunRecord(
@@ -113,29 +132,34 @@ def record_for(client: MlflowClient, run: Run, epochs_of: dict[str, float]) -> R
         base_run_id=tags.get(contract.TAG_BASE_RUN, ""),
         prune_run_id=tags.get(contract.TAG_PRUNE_RUN, ""),
         source_run_id=tags.get(contract.TAG_SOURCE_RUN, ""),
-        parent_run_id=tags.get("mlflow.parentRunId", ""))
+        parent_run_id=tags.get("mlflow.parentRunId", ""), seed=_seed(params),
+        replicate=tags.get(contract.TAG_REPLICATE, ""))
     if stage in contract.TRAINED:
         record.epochs = _float(params.get("epochs"))
     elif stage == contract.PRUNE:
-        base_epochs = epochs_of.get(record.base_run_id)
-        if base_epochs is None and record.base_run_id:
+        base = bases.get(record.base_run_id)
+        if base is None and record.base_run_id:
             try:
-                base_epochs = _float(client.get_run(record.base_run_id).data.params.get("epochs"))
+                base = client.get_run(record.base_run_id)
             except Exception:  # a deleted base run leaves the curve without its offset
-                base_epochs = None
-        record.curve = _curve(client, run, base_epochs or 0.0)
+                base = None
+        base_epochs = _float(base.data.params.get("epochs")) if base is not None else None
+        record.curve, record.test_curve = _curves(client, run, base_epochs or 0.0, base)
         record.epochs = record.curve[-1].epochs if record.curve else None
     elif stage == contract.EVALUATE:
         record.latency_ms = metrics.get("latency_compressed_b1_ms")
         record.latency_masked_ms = metrics.get("latency_masked_b1_ms")
+        record.latency = {k[len("latency_"):-len("_ms")]: v for k, v in metrics.items()
+                          if k.startswith("latency_") and k.endswith("_ms")}
+        record.matched_run_id = tags.get(contract.TAG_MATCHED_RUN, "")
+        record.matched_params = metrics.get("matched_params")
     return record
 
 
 def build_records(runs: list[Run]) -> list:
     client = MlflowClient()
-    epochs_of = {r.info.run_id: _float(r.data.params.get("epochs")) for r in runs
-                 if r.data.tags.get(TAG_STAGE) == contract.TRAIN}
-    return assign_groups([record_for(client, r, epochs_of) for r in runs])
+    bases = {r.info.run_id: r for r in runs if r.data.tags.get(TAG_STAGE) == contract.TRAIN}
+    return assign_groups([record_for(client, r, bases) for r in runs])
 
 
 def current_experiment() -> str:
@@ -159,6 +183,7 @@ def run(job: CompareJob, parent_run_id: str | None = None,
     if not runs:
         raise StageError("no finished mlprunes runs to compare")
     records = build_records(runs)
+    answers = answer_all(records)
     tags = {contract.TAG_COMPARED_RUNS: str(len(records))}
     if job.parent_run_id:
         tags[contract.TAG_STUDY_PARENT] = job.parent_run_id
@@ -168,12 +193,24 @@ def run(job: CompareJob, parent_run_id: str | None = None,
         tracking.log_params({"experiment": experiment, "run_ids": list(job.run_ids),
                              "parent_run_id": job.parent_run_id or ""})
         with tracking.scratch_dir("compare") as tmp:
-            plots = draw_all(records, tmp / "plots")
+            plots = draw_all(records, tmp / "plots", answers)
             mlflow.log_artifacts(str(tmp / "plots"), "plots")
             mlflow.log_artifact(str(write_csv(rows(records), tmp / "runs.csv")))
+            mlflow.log_artifact(str(write_csv(configurations(records),
+                                              tmp / "configurations.csv", CONFIG_COLUMNS)))
+            (tmp / "answers.json").write_text(json.dumps(
+                [a.to_dict() for a in answers], indent=2, default=_plain))
+            mlflow.log_artifact(str(tmp / "answers.json"))
             subtitle = (f"Pipeline run {job.parent_run_id}." if job.parent_run_id
                         else f"Experiment {experiment}.")
-            (tmp / "report.html").write_text(render(records, plots, title, subtitle))
+            (tmp / "report.html").write_text(render(records, plots, title, subtitle, answers))
             mlflow.log_artifact(str(tmp / "report.html"))
-        mlflow.log_metric("runs", len(records))
+        mlflow.log_metrics({"runs": len(records), **answer_metrics(answers)})
+        for answer in answers:
+            say(f"[compare] Q{answer.question}: {answer.summary}")
         return run.info.run_id
+
+
+def _plain(value):
+    """JSON for what json does not know (a seed that is None is already null)."""
+    return str(value)

@@ -39,6 +39,7 @@ STUDY_STAGES = (*EVALUABLE, EVALUATE)               # the runs a comparison is m
 # -- tags --------------------------------------------------------------------------------------
 TAG_STAGE = "mlprunes.stage"
 TAG_CONFIG = "mlprunes.config_key"                  # the job's key: equal keys, reusable runs
+TAG_REPLICATE = "mlprunes.replicate_key"            # the key without the seed: replicates share it
 TAG_KEY_VERSION = "mlprunes.key_version"
 TAG_PRESET = "mlprunes.preset"
 TAG_CRITERION = "mlprunes.criterion"
@@ -46,6 +47,7 @@ TAG_BASE_RUN = "mlprunes.base_run_id"
 TAG_PRUNE_RUN = "mlprunes.prune_run_id"
 TAG_SOURCE_RUN = "mlprunes.source_run_id"
 TAG_SOURCE_STAGE = "mlprunes.source_stage"
+TAG_MATCHED_RUN = "mlprunes.matched_run_id"         # on an evaluate run: the network timed beside
 TAG_FAMILY_RUN = "mlprunes.family_run_id"
 TAG_FAMILY_MEMBERS = "mlprunes.member_run_ids"
 TAG_PIPELINE_STEP = "mlprunes.pipeline_step"
@@ -87,7 +89,8 @@ def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
     run has it, this one is withdrawn (deleted) and `Claimed` raised before any work."""
     all_tags = {TAG_STAGE: job.stage, TAG_HEARTBEAT: _beat(), **tags}
     if job.reusable:
-        all_tags.update({TAG_CONFIG: job.key, TAG_KEY_VERSION: str(KEY_VERSION)})
+        all_tags.update({TAG_CONFIG: job.key, TAG_KEY_VERSION: str(KEY_VERSION),
+                         TAG_REPLICATE: replicate_key(job)})
     run_id = resume_run_id
     kept.check()
     if resume_run_id is not None:
@@ -121,6 +124,17 @@ def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
 
 
 _AGAIN = "run the same command again"
+
+
+def replicate_key(job: Job) -> str:
+    """The job's key without its seed, its input runs standing for their own replicate keys
+    (an input made before these tags existed stands for itself)."""
+    client = MlflowClient()
+    inputs = {}
+    for name, run_id in job.inputs().items():
+        if isinstance(run_id, str):
+            inputs[name] = client.get_run(run_id).data.tags.get(TAG_REPLICATE, run_id)
+    return job.replicate_key(inputs)
 
 
 # -- liveness ----------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ compressed, as a run that points back at its source."""
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 import torch
 
@@ -19,9 +21,11 @@ from mlprunes.stages import contract, tracking
 from mlprunes.stages.common import load_splits, make_loaders, say
 
 
-def source_checkpoint(run_id: str, stage: str, prunes: int | None) -> str:
+def source_checkpoint(run_id: str, stage: str, prunes: int | None,
+                      near_params: float | None = None) -> str:
     """The artifact to evaluate: a trained run's final network, or a prune run's masked
-    checkpoint at `prunes` (its last by default)."""
+    checkpoint at `prunes` (by default its last, or the one whose parameter count is nearest
+    `near_params` on a log scale)."""
     if stage != contract.PRUNE:
         if prunes is not None:
             raise StageError("--prunes applies to prune runs only")
@@ -30,6 +34,8 @@ def source_checkpoint(run_id: str, stage: str, prunes: int | None) -> str:
     counts = contract.saved_prune_counts(run_id)
     if not counts:
         raise StageError(f"prune run {run_id} saved no masked checkpoint")
+    if prunes is None and near_params is not None:
+        prunes = nearest_in_size(counts, tracking.metric_steps(run_id, "params"), near_params)
     if prunes is None:
         prunes = counts[-1]
     if prunes not in counts:
@@ -38,38 +44,68 @@ def source_checkpoint(run_id: str, stage: str, prunes: int | None) -> str:
     return contract.prune_checkpoint(prunes)
 
 
-def run(job: EvaluateJob, parent_run_id: str | None = None,
-        resume_run_id: str | None = None) -> str:
-    source = contract.get_run(job.run_id, stage=contract.EVALUABLE)
-    stage = source.data.tags[contract.TAG_STAGE]
-    artifact = source_checkpoint(job.run_id, stage, job.prunes)
-    splits = load_splits(contract.data_of(source))
-    loaders = make_loaders(splits, job.batch_size, job.run)
-    device = loaders.test.device
-    with tracking.scratch_dir("evaluate") as tmp:
-        checkpoint = contract.load_run_checkpoint(job.run_id, artifact, tmp)
+def nearest_in_size(counts: list[int], params_at: dict[int, float], params: float) -> int:
+    """Of the saved prune counts, the one whose network is nearest `params` in ratio (the
+    last when no count has its size logged)."""
+    sized = [c for c in counts if params_at.get(c, 0) > 0]
+    if not sized or params <= 0:
+        return counts[-1]
+    return min(sized, key=lambda c: abs(math.log(params_at[c] / params)))
+
+
+def _network(run_id: str, artifact: str, source, device, tmp):
+    """The masked network of a run's checkpoint (a trained network with every mask on: what
+    pruning would start from)."""
+    checkpoint = contract.load_run_checkpoint(run_id, artifact, tmp)
+    stage = source.data.tags.get(contract.TAG_STAGE)
     if artifact != contract.FINAL or stage != contract.PRUNE:  # a prune run's final is compressed
         contract.check_logged_arch(source, checkpoint["spec"], artifact)
     try:
         model = model_from_checkpoint(checkpoint)
     except CheckpointError as err:
-        raise StageError(f"run {job.run_id}'s {artifact}: {err}") from None
+        raise StageError(f"run {run_id}'s {artifact}: {err}") from None
     if checkpoint["masked"]:
         masked = model
-    else:  # the network with every mask on: what pruning would start from
+    else:
         masked = build(model.spec, masked=True)
         masked.load_state_dict(model.state_dict(), strict=False)
-    masked = masked.to(device).eval()
-    compact = compress(masked).eval()
+    return masked.to(device).eval()
+
+
+def run(job: EvaluateJob, parent_run_id: str | None = None,
+        resume_run_id: str | None = None) -> str:
+    source = contract.get_run(job.run_id, stage=contract.EVALUABLE)
+    stage = source.data.tags[contract.TAG_STAGE]
+    matched_run = None
+    if job.match_run_id is not None:
+        matched_run = contract.get_run(job.match_run_id, stage=contract.TRAINED)
+        if contract.data_of(matched_run).dataset != contract.data_of(source).dataset:
+            raise StageError(f"run {job.match_run_id} was trained on other data than run "
+                             f"{job.run_id}; match networks of one study")
+    near = matched_run.data.metrics.get("params") if matched_run is not None else None
+    artifact = source_checkpoint(job.run_id, stage, job.prunes, near)
+    splits = load_splits(contract.data_of(source))
+    loaders = make_loaders(splits, job.batch_size, job.run)
+    device = loaders.test.device
+    with tracking.scratch_dir("evaluate") as tmp:
+        masked = _network(job.run_id, artifact, source, device, tmp / "source")
+        networks = {"masked": masked, "compressed": compress(masked).eval()}
+        if matched_run is not None:
+            networks["matched"] = compress(_network(job.match_run_id, contract.FINAL,
+                                                    matched_run, device, tmp / "matched")).eval()
+    compact = networks["compressed"]
     result = evaluate(compact, loaders.test, autocast_dtype(job.run.precision, device))
     size = splits.image_size
     metrics = {"test_error": result["error"], "test_top5_error": result["top5_error"],
                "test_loss": result["loss"], **size_metrics(compact.spec, size)}
+    if matched_run is not None:
+        metrics["matched_params"] = size_metrics(networks["matched"].spec, size)["params"]
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     unsteady = []
     for bs in sorted({1, job.batch_size}):
-        timed = measure_latencies({"masked": masked, "compressed": compact}, bs, size[0],
-                                  repeats=job.repeats, memory_format=fmt)
+        # In turn, round after round: a busy moment slows every network alike.
+        timed = measure_latencies(networks, bs, size[0], repeats=job.repeats,
+                                  memory_format=fmt)
         worst = max(timed.values(), key=lambda t: t.spread)
         if not worst.steady:  # a busy machine: no figure rather than a wrong one
             unsteady.append(f"batch {bs} (spread {100 * worst.spread:.0f}%)")
@@ -80,6 +116,8 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
         metrics[f"speedup_b{bs}"] = timed["masked"].median / timed["compressed"].median
     name = job.run_name or f"evaluate-{source.data.tags.get('mlflow.runName', job.run_id)}"
     tags = {contract.TAG_SOURCE_RUN: job.run_id, contract.TAG_SOURCE_STAGE: stage}
+    if matched_run is not None:
+        tags[contract.TAG_MATCHED_RUN] = job.match_run_id
     if unsteady:
         refused = (f"latency not logged at {', '.join(unsteady)}: the middle half of its "
                    f"repeats spread over more than {100 * MAX_SPREAD:.0f}% of their median, as "
@@ -94,6 +132,7 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
         if unsteady:  # not a result to reuse: a pipeline run again measures anew
             tracking.delete_tag(ev.info.run_id, contract.TAG_CONFIG)
         tracking.log_params({"run_id": job.run_id, "checkpoint": artifact,
+                             "match_run_id": job.match_run_id or "",
                              "batch_size": job.batch_size, "repeats": job.repeats,
                              "device": str(device), **contract.arch_params(compact.spec)})
         mlflow.log_metrics(metrics)

@@ -103,7 +103,8 @@ def run(job: PruneJob, parent_run_id: str | None = None,
             prune_while_finetuning(trainer, pruner, job.schedule, loaders.eval,
                                    splits.image_size, start=start, curve=curve,
                                    macs_before=macs_before, on_point=[log_point],
-                                   on_save=[log_checkpoint], progress=job.run.progress)
+                                   on_save=[log_checkpoint], test_loader=loaders.test,
+                                   progress=job.run.progress)
             log_final(compress(trainer.model), trainer.amp_dtype, loaders, splits.image_size,
                       tmp, job.log_model, step=job.prunes,
                       train_macs=macs_before + finetune_macs(trainer, pruner,

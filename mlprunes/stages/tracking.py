@@ -321,6 +321,11 @@ def last_logged_step(run_id: str, key: str) -> int:
     return max((m.step for m in history), default=-1)
 
 
+def metric_steps(run_id: str, key: str) -> dict[int, float]:
+    """A metric's logged values by step."""
+    return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, key)}
+
+
 def runs_tagged(experiment_id: str, tag: str, value: str) -> list[Run]:
     """Runs of an experiment with this tag value, newest first."""
     return MlflowClient().search_runs(

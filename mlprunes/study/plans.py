@@ -64,9 +64,17 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
     comparison after all of them."""
     graph = Graph()
     seeds = plan.seeds if plan.seeds is not None else (run.seed,)
+    made = {}
     for seed in seeds:
         suffix = f"-s{seed}" if len(seeds) > 1 else ""
-        _one_seed(graph, plan, replace(run, seed=seed), base_spec, suffix)
+        made[suffix] = (replace(run, seed=seed),
+                        _one_seed(graph, plan, replace(run, seed=seed), base_spec, suffix))
+    if plan.evaluate:
+        # Latency is measured once everything has trained, so that no training shares the
+        # machine with a timing.
+        trained = tuple(graph.names)
+        for suffix, (seed_run, refs) in made.items():
+            _evaluations(graph, plan, seed_run, refs, suffix, trained)
     graph.add("compare", CompareJob(experiment=run.experiment, parent_run_id=pipeline_run_id,
                                     run=run, run_name=f"compare-{preset}"),
               after=tuple(graph.names))
@@ -74,7 +82,7 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
 
 
 def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec,
-              suffix: str) -> None:
+              suffix: str) -> dict[str, Any]:
     log_model = plan.log_model
     # Later stages read the data their input runs were made with, from where it lives now.
     located = DataChoice(data_dir=plan.data.data_dir, download=plan.data.download)
@@ -116,15 +124,26 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
         graph.add(f"family{suffix}", FamilyJob(
             prune_run_id=prunes[first], prunes=plan.prunes, budgets=budgets,
             budget=plan.family_budget, data=located, run=run, log_model=log_model))
-    if plan.evaluate:
-        targets = {"evaluate-base": base, f"evaluate-prune-{first}": prunes[first]}
-        if scratch:
-            targets["evaluate-scratch"] = scratch[-1]
-        if reduced:
-            targets["evaluate-reduced"] = reduced[0]
-        for label, ref in targets.items():
-            graph.add(label + suffix, EvaluateJob(run_id=ref, batch_size=plan.evaluate_batch_size,
-                                                  run=run))
+    return {"base": base, "pruned": prunes[first], "reduced": reduced}
+
+
+def _evaluations(graph: Graph, plan: StudyPlan, run: RunConfig, refs: dict[str, Any],
+                 suffix: str, after: tuple[str, ...]) -> None:
+    """The base network's test error and latency; the first criterion's pruned network at the
+    size of the first reduced baseline, timed in turn with it (the study's question 4), or its
+    final network when there is no baseline."""
+    first = plan.criteria[0]
+    targets = {"evaluate-base": EvaluateJob(run_id=refs["base"], run=run,
+                                            batch_size=plan.evaluate_batch_size)}
+    if refs["reduced"]:
+        targets[f"evaluate-{first}-vs-reduced"] = EvaluateJob(
+            run_id=refs["pruned"], match_run_id=refs["reduced"][0], run=run,
+            batch_size=plan.evaluate_batch_size)
+    else:
+        targets[f"evaluate-prune-{first}"] = EvaluateJob(
+            run_id=refs["pruned"], run=run, batch_size=plan.evaluate_batch_size)
+    for label, job in targets.items():
+        graph.add(label + suffix, job, after=after)
 
 
 def with_data_dir(plan: StudyPlan, data_dir: str | None, download: bool) -> StudyPlan:

@@ -1,0 +1,182 @@
+"""Means, spreads, intervals, curve interpolation and the four answers, on numbers worked out
+by hand and runs built in the test with known values."""
+
+import math
+
+import pytest
+
+from mlprunes import arch
+from mlprunes.report.answers import (NO_INTERVAL, NOT_SIGNIFICANT, OUT_OF_RANGE, answer_all,
+                                     answer_metrics)
+from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
+from mlprunes.report.stats import (common_grid, interpolate, mean, mean_curve,
+                                   paired_difference, std, welch_difference)
+from mlprunes.report.table import configurations
+
+T2 = 4.302652729749462          # Student's t, 97.5% quantile, 2 degrees of freedom
+
+
+def test_mean_and_sample_std():
+    assert mean([1, 2, 3, 4]) == 2.5
+    assert std([1, 2, 3, 4]) == pytest.approx(math.sqrt(5 / 3))  # squares 2.25+.25+.25+2.25
+    assert std([7.0]) == 0.0
+
+
+def test_paired_interval_by_hand():
+    # differences 1, 2, 3: mean 2, sd 1, half-width t(2) * 1 / sqrt(3)
+    d = paired_difference([10, 12, 14], [9, 10, 11])
+    assert (d.value, d.n, d.paired) == (2, 3, True)
+    assert d.low == pytest.approx(2 - T2 / math.sqrt(3))
+    assert d.high == pytest.approx(2 + T2 / math.sqrt(3))
+    assert not d.significant()          # [-0.48, 4.48] holds zero
+    tight = paired_difference([12, 12.2, 11.8], [10, 10, 10])   # sd 0.2
+    assert tight.low == pytest.approx(2 - T2 * 0.2 / math.sqrt(3))
+    assert tight.significant()
+    assert not paired_difference([3.0], [1.0]).has_interval
+
+
+def test_welch_interval_by_hand():
+    # means 2 and 5.5; variances of the means 1/3 and (5/3)/4; Welch-Satterthwaite
+    # df = 0.75^2 / ((1/3)^2/2 + (5/12)^2/3) = 4.959..., whose t quantile is 2.57696
+    d = welch_difference([1, 2, 3], [4, 5, 6, 7])
+    assert d.value == -3.5 and d.n == 3 and not d.paired
+    assert d.high - d.value == pytest.approx(2.5769584 * math.sqrt(0.75), rel=1e-6)
+    assert d.significant()
+    same = welch_difference([2, 2], [3, 3])       # no spread: the difference is exact
+    assert (same.low, same.high) == (-1, -1)
+    assert not welch_difference([1.0], [2.0, 3.0]).has_interval
+
+
+def test_interpolation_on_a_log_scale_and_no_extrapolation():
+    curve = [(1000, 20.0), (100, 10.0)]
+    assert interpolate(curve, math.sqrt(100 * 1000)) == pytest.approx(15.0)
+    assert interpolate(curve, 550, log_x=False) == pytest.approx(15.0)
+    assert interpolate(curve, 100) == 10.0 and interpolate(curve, 1000) == 20.0
+    assert interpolate(curve, 99) is None and interpolate(curve, 1001) is None
+
+
+def test_mean_curve_covers_only_where_every_replicate_has_values():
+    a = [(100, 10.0), (1000, 20.0)]
+    b = [(200, 14.0), (2000, 24.0)]
+    grid = common_grid([a, b], points=3)
+    assert grid == pytest.approx([200, math.sqrt(200 * 1000), 1000])
+    band = mean_curve([[(100, 10.0), (1000, 20.0)], [(100, 14.0), (1000, 24.0)]], points=2)
+    assert band.xs == [100, 1000] and band.n == 2
+    assert band.means == pytest.approx([12.0, 22.0])
+    assert band.stds == pytest.approx([math.sqrt(8), math.sqrt(8)])
+
+
+# -- the four answers on a study built by hand ------------------------------------------------
+
+BASE = arch.wrn(16, 1)
+
+
+def point(prunes, params, error):
+    return CurvePoint(prunes, params, params * 2, error, 1.0)
+
+
+def study(scratch_errors=(30.0, 33.0, 29.0), l1_scratch=(60.0, 61.0, 62.0)):
+    """Three seeds of a base, a Fisher and an L1 prune run, a reduced width, a Fisher scratch
+    run at 40k params, an L1 one, a one-seed family member and three matched evaluations."""
+    records = []
+    for s in range(3):
+        base = RunRecord(f"base{s}", f"train-base-wrn-16-1-s{s}", "train", spec=BASE,
+                         params=175_000, test_error=20.0 + s, seed=s, replicate="BASE")
+        # Fisher: test error 20 at 160k params, 30 at 40k: at 80k (the reduced width, half way
+        # on a log scale) it reads 25 + s.
+        fisher = RunRecord(f"fisher{s}", f"prune-fisher-s{s}", "prune", criterion="fisher",
+                           base_run_id=base.run_id, seed=s, replicate="FISHER",
+                           test_curve=[point(0, 160_000, 20.0 + s), point(100, 40_000, 30.0 + s)])
+        l1 = RunRecord(f"l1{s}", f"prune-l1-s{s}", "prune", criterion="l1",
+                       base_run_id=base.run_id, seed=s, replicate="L1",
+                       test_curve=[point(0, 160_000, 20.0), point(100, 40_000, 70.0)])
+        width = RunRecord(f"width{s}", f"train-reduced-width0.5-s{s}", "train",
+                          spec=arch.wrn(16, 0.5), params=80_000, test_error=[21.0, 22.0, 23.0][s],
+                          seed=s, replicate="WIDTH")
+        scratch = RunRecord(f"scratch{s}", "scratch-fisher-p100", "scratch", criterion="fisher",
+                            prune_run_id=fisher.run_id, params=40_000,
+                            test_error=scratch_errors[s], seed=s, replicate="SCRATCH")
+        scratch_l1 = RunRecord(f"scratchl1{s}", "scratch-l1-p100", "scratch", criterion="l1",
+                               prune_run_id=l1.run_id, params=40_000, test_error=l1_scratch[s],
+                               seed=s, replicate="SCRATCH-L1")
+        timed = RunRecord(f"eval{s}", f"evaluate-s{s}", "evaluate", source_run_id=fisher.run_id,
+                          matched_run_id=width.run_id, params=79_000, matched_params=80_000,
+                          latency={"compressed_b1": 2.0 + 0.1 * s, "matched_b1": 1.0 + 0.1 * s,
+                                   "compressed_b64": 9.0 + s, "matched_b64": 9.0 - s},
+                          seed=s, replicate="EVAL")
+        records += [base, fisher, l1, width, scratch, scratch_l1, timed]
+    records.append(RunRecord("member0", "member-60000", "family-member", criterion="fisher",
+                             prune_run_id="fisher0", params=80_000, test_error=24.0, seed=0,
+                             replicate="MEMBER"))
+    return assign_groups(records)
+
+
+def by_first(answer, text):
+    return next(c for c in answer.comparisons if text in c.first)
+
+
+def test_question_1_reads_the_pruning_curve_at_the_baselines_size():
+    q1 = answer_all(study())[0]
+    fisher = by_first(q1, "Fisher")
+    assert fisher.at_params == 80_000
+    assert fisher.first_values == pytest.approx([25.0, 26.0, 27.0])   # 20+s .. 30+s, half way
+    assert fisher.second_values == [21.0, 22.0, 23.0]
+    assert fisher.difference.value == pytest.approx(4.0)
+    assert not fisher.difference.paired                 # independent groups: Welch
+    # both sides sd 1, n 3: se sqrt(2/3), df 4, t(4) = 2.776445
+    assert fisher.difference.low == pytest.approx(4 - 2.7764451 * math.sqrt(2 / 3))
+    assert fisher.verdict == "reduced better"
+    l1 = by_first(q1, "L1")
+    assert l1.first_values == pytest.approx([45.0] * 3)
+
+
+def test_question_2_pairs_each_scratch_run_with_its_own_prune_run():
+    q2 = answer_all(study())[1]
+    fisher = by_first(q2, "Fisher")
+    assert fisher.second_values == pytest.approx([30.0, 31.0, 32.0])  # its seed's curve at 40k
+    assert fisher.first_values == [30.0, 33.0, 29.0]
+    assert fisher.difference.paired and fisher.difference.value == pytest.approx(-1 / 3)
+    assert fisher.verdict == NOT_SIGNIFICANT            # differences 0, 2, -3
+    l1 = by_first(q2, "L1")                             # paired with the L1 curve (70 at 40k)
+    assert l1.second_values == pytest.approx([70.0] * 3)
+    assert l1.verdict == "from scratch better"
+
+
+def test_question_3_with_one_seed_has_no_interval():
+    q3 = answer_all(study())[2]
+    (member,) = q3.comparisons
+    assert member.first_values == [24.0] and member.second_values == pytest.approx([25.0])
+    assert member.difference.value == pytest.approx(-1.0)
+    assert member.verdict == NO_INTERVAL
+
+
+def test_question_4_compares_latency_timed_in_turn_at_each_batch_size():
+    q4 = answer_all(study())[3]
+    b1, b64 = sorted(q4.comparisons, key=lambda c: c.name)
+    assert b1.name.endswith("_b1") and b64.name.endswith("_b64")
+    assert b1.difference.value == pytest.approx(1.0) and b1.verdict == "reduced faster"
+    assert b64.first_values == [9.0, 10.0, 11.0] and b64.second_values == [9.0, 8.0, 7.0]
+    assert b64.verdict == NOT_SIGNIFICANT               # differences 0, 2, 4
+    assert "79,000 params pruned, 80,000 reduced" in b1.note
+
+
+def test_a_baseline_outside_the_pruning_curve_is_not_compared():
+    records = study()
+    for r in records:
+        if r.replicate == "WIDTH":
+            r.params = 10_000                            # smaller than any pruned network
+    fisher = by_first(answer_all(records)[0], "Fisher")
+    assert fisher.first_values == [] and fisher.verdict == OUT_OF_RANGE
+    assert fisher.difference is None
+
+
+def test_answers_become_metrics_and_configurations_pool_replicates():
+    answers = answer_all(study())
+    metrics = answer_metrics(answers)
+    stem = next(k for k in metrics if k.startswith("q1_fisher_vs_")).rsplit("_", 1)[0]
+    assert metrics[f"{stem}_diff"] == pytest.approx(4.0) and metrics[f"{stem}_n"] == 3
+    assert metrics[f"{stem}_low"] < 4 < metrics[f"{stem}_high"]
+    rows = {row["configuration"]: row for row in configurations(study())}
+    width = rows["train-reduced-width0.5"]
+    assert (width["n"], width["seeds"]) == (3, "0,1,2")
+    assert width["test_error_mean"] == 22.0 and width["test_error_std"] == 1.0
