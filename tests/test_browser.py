@@ -30,7 +30,8 @@ def close_assistant(page) -> None:
 
 
 def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
-    pipeline_id = cli("pipeline", "--preset", "tiny", "--no-progress").run_id
+    # Two seeds: the answers have intervals.
+    pipeline_id = cli("pipeline", "--preset", "tiny", "--seeds", "0,1", "--no-progress").run_id
     client = MlflowClient()
     pipeline = client.get_run(pipeline_id)
     exp = pipeline.info.experiment_id
@@ -52,8 +53,8 @@ def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
             close_assistant(page)
             # The stages are the pipeline run's children: expand it.
             page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]').first.click()
-            for name in ("prune-fisher-wrn-10-1", "train-base-wrn-10-1", "compare-tiny",
-                         "scratch-fisher-wrn-10-1-p12", "family-fisher-wrn-10-1-p12"):
+            for name in ("prune-fisher-wrn-10-1-s0", "train-base-wrn-10-1-s1", "compare-tiny",
+                         "scratch-fisher-wrn-10-1-p12-s0", "family-fisher-wrn-10-1-p12-s1"):
                 page.get_by_text(name).first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "runs.png"))
 
@@ -70,12 +71,20 @@ def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
             page.goto(f"{base}/runs/{compare_id}/artifacts/report.html"
                       "?workflowType=machine_learning")
             report = page.frame_locator("iframe").first
-            report.get_by_text("Best network of each group").wait_for(timeout=60_000)
+            report.get_by_text("Lowest error in each group").wait_for(timeout=60_000)
             report.get_by_text("Fisher prune + fine-tune").first.wait_for(timeout=10_000)
-            assert report.locator("img").count() == 4
-            assert report.locator("table#runs tbody tr").count() >= 9
+            # The Answers come first: each question, its comparisons and their verdicts.
+            for q in (1, 2, 3, 4):
+                report.locator(f"section#q{q}").wait_for(timeout=10_000)
+            assert report.locator("table.answers tbody tr").count() >= 4
+            assert report.locator("img").count() >= 7   # latency ones need a steady machine
+            assert report.locator("table#runs tbody tr").count() >= 14
+            assert report.locator("table#configurations tbody tr").count() >= 5
             page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots / "answers.png"))
+            report.locator("h2", has_text="Plots").scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
             page.screenshot(path=str(shots / "report.png"))
             browser.close()
-    for name in ("runs.png", "prune_metrics.png", "report.png"):
+    for name in ("runs.png", "prune_metrics.png", "answers.png", "report.png"):
         assert (shots / name).stat().st_size > 10_000

@@ -104,7 +104,7 @@ def verdict(difference: Difference, first: str, second: str, better: str = "bett
 
 def config_label(record: RunRecord) -> str:
     """A run's name without its seed suffix: what its replicates share."""
-    return re.sub(r"-s\d+$", "", record.name)
+    return re.sub(r"-s\d+(?=-|$)", "", record.name)
 
 
 def slug(text: str) -> str:

@@ -97,7 +97,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
     prunes = {c: graph.add(f"prune-{c}{suffix}", PruneJob(
         base_run_id=base, criterion=c, prunes=plan.prunes, prune_every=plan.prune_every,
         save_every=plan.save_every, val_every=plan.val_every, keep_one=plan.keep_one,
-        recipe=RecipeChoice(**plan.prune_recipe), data=located, run=run, log_model=log_model))
+        recipe=RecipeChoice(**plan.prune_recipe), data=located, run=run, log_model=log_model,
+        run_name=f"prune-{c}-{base_spec.name}{suffix}"))
         for c in plan.criteria}
     scratch = []
     for c in plan.criteria:
@@ -106,10 +107,11 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
             points = [("p", {"prunes": n}) for n in plan.scratch_prunes]
             points += [("params", {"params_budget": n}) for n in plan.scratch_params_budgets]
             for letter, where in points:
-                label = f"scratch{tag}-{c}-{letter}{next(iter(where.values()))}{suffix}"
-                scratch.append(graph.add(label, ScratchJob(
+                point = f"{letter}{next(iter(where.values()))}"
+                scratch.append(graph.add(f"scratch{tag}-{c}-{point}{suffix}", ScratchJob(
                     prune_run_id=prunes[c], **where, budget=budget, data=located, run=run,
-                    log_model=log_model)))
+                    log_model=log_model,
+                    run_name=f"scratch{tag}-{c}-{base_spec.name}-{point}{suffix}")))
     reduced = []
     for overrides in plan.baselines:
         spec = make_spec(**{**plan.arch, **overrides}, num_classes=base_spec.num_classes)
@@ -123,7 +125,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                         for f in plan.family_budgets)
         graph.add(f"family{suffix}", FamilyJob(
             prune_run_id=prunes[first], prunes=plan.prunes, budgets=budgets,
-            budget=plan.family_budget, data=located, run=run, log_model=log_model))
+            budget=plan.family_budget, data=located, run=run, log_model=log_model,
+            run_name=f"family-{first}-{base_spec.name}-p{plan.prunes}{suffix}"))
     return {"base": base, "pruned": prunes[first], "reduced": reduced}
 
 
