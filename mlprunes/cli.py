@@ -186,6 +186,12 @@ log_model_option = click.option("--log-model/--no-log-model", default=True, show
                                 help="Log the final network with mlflow.pytorch.log_model.")
 
 
+max_epoch_factor_option = click.option(
+    "--max-epoch-factor", type=float, default=None, metavar="F",
+    help="With --budget scratch-b: train at most F times the base run's epochs (Liu et al. "
+         "cap it at 2 on ImageNet) [default: no cap, as their CIFAR code].")
+
+
 def resume_option(stage: str):
     return click.option("--resume-run-id", default=None,
                         help=f"Continue this interrupted {stage} run from its last checkpoint.")
@@ -322,22 +328,25 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
 @click.option("--params-budget", type=int, default=None,
               help="Or: the first architecture with at most P parameters.")
 @click.option("--budget", type=click.Choice(BUDGETS), default="scratch-e", show_default=True,
-              help="scratch-e: the base run's epochs; scratch-b: epochs scaled to the base "
-                   "run's training FLOPs.")
+              help="scratch-e: the base run's epochs; scratch-b: the base run's epochs times "
+                   "its FLOPs over this network's (the integer part), the same training "
+                   "compute.")
+@max_epoch_factor_option
 @RUN.apply
 @run_name_option
 @log_model_option
 @resume_option("scratch")
 @stage_command
-def scratch(prune_run_id, prunes, params_budget, budget, run: RunConfig, run_name, log_model,
-            resume_run_id):
+def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, run: RunConfig,
+            run_name, log_model, resume_run_id):
     """Train a pruned architecture from a fresh init (the paper's 'from scratch')."""
     from mlprunes.stages import scratch as stage
 
     if (prunes is None) == (params_budget is None):
         raise click.UsageError("give exactly one of --prunes and --params-budget")
     job = ScratchJob(prune_run_id=prune_run_id, prunes=prunes, params_budget=params_budget,
-                     budget=budget, run=run, run_name=run_name, log_model=log_model)
+                     budget=budget, max_epoch_factor=max_epoch_factor, run=run,
+                     run_name=run_name, log_model=log_model)
     return stage.run(job, resume_run_id=resume_run_id)
 
 
@@ -347,16 +356,19 @@ def scratch(prune_run_id, prunes, params_budget, budget, run: RunConfig, run_nam
 @click.option("--budgets", type=NumberList(int), required=True,
               help="Parameter budgets, e.g. 200000,400000.")
 @click.option("--budget", type=click.Choice(BUDGETS), default="scratch-e", show_default=True)
+@max_epoch_factor_option
 @RUN.apply
 @run_name_option
 @log_model_option
 @stage_command
-def family(prune_run_id, prunes, budgets, budget, run: RunConfig, run_name, log_model):
+def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, run: RunConfig, run_name,
+           log_model):
     """Scale one pruned width profile to several budgets; train each from scratch."""
     from mlprunes.stages import family as stage
 
     job = FamilyJob(prune_run_id=prune_run_id, prunes=prunes, budgets=budgets, budget=budget,
-                    run=run, run_name=run_name, log_model=log_model)
+                    max_epoch_factor=max_epoch_factor, run=run, run_name=run_name,
+                    log_model=log_model)
     return stage.run(job)
 
 
@@ -608,6 +620,8 @@ def print_plan(steps) -> None:
         status = s.status + (f" {s.run_id}" if s.run_id else "")
         everything = i > 1 and list(s.needs) == [p.node for p in steps[:i]]
         needs = "(all above)" if everything else ",".join(s.needs) or "-"
+        if len(s.needs) > 4 and not everything:  # an evaluation waiting for every training
+            needs = f"{','.join(s.needs[:2])} and {len(s.needs) - 2} more"
         click.echo(f"{s.node:<{width}}  {s.stage:<8}  {s.key or '(after inputs)':<20}  "
                    f"{status:<16}  {needs}")
     counts = {st: sum(s.status == st for s in steps) for st in ("finished", "would resume")}

@@ -283,6 +283,7 @@ class ScratchJob(Job):
     prunes: int | None = None                 # the architecture after this many prunes,
     params_budget: int | None = None          # or the first with at most this many params
     budget: str = "scratch-e"
+    max_epoch_factor: float | None = None     # Scratch-B: cap on epochs / base epochs
     data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
@@ -291,7 +292,7 @@ class ScratchJob(Job):
     def __post_init__(self) -> None:
         if (self.prunes is None) == (self.params_budget is None):
             raise StageError("give exactly one of --prunes and --params-budget")
-        _check_budget(self.budget)
+        _check_budget(self.budget, self.max_epoch_factor)
         _at_least(self, ("prunes", "params_budget"), 0)
 
 
@@ -303,6 +304,7 @@ class FamilyJob(Job):
     prunes: int = 0
     budgets: tuple[int, ...] = ()
     budget: str = "scratch-e"
+    max_epoch_factor: float | None = None     # Scratch-B: cap on epochs / base epochs
     data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
@@ -315,12 +317,13 @@ class FamilyJob(Job):
             raise StageError(f"--budgets must be positive parameter counts, got "
                              f"{','.join(str(b) for b in self.budgets)}")
         object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
-        _check_budget(self.budget)
+        _check_budget(self.budget, self.max_epoch_factor)
         _at_least(self, ("prunes",), 0)
 
     def member(self, params_budget: int) -> "FamilyMemberJob":
         return FamilyMemberJob(prune_run_id=self.prune_run_id, prunes=self.prunes,
-                               params_budget=params_budget, budget=self.budget, data=self.data,
+                               params_budget=params_budget, budget=self.budget,
+                               max_epoch_factor=self.max_epoch_factor, data=self.data,
                                run=self.run)
 
 
@@ -333,6 +336,7 @@ class FamilyMemberJob(Job):
     prunes: int = 0
     params_budget: int = 0
     budget: str = "scratch-e"
+    max_epoch_factor: float | None = None
     data: DataChoice = DataChoice()
     run: RunConfig = RunConfig()
 
@@ -375,6 +379,12 @@ class CompareJob(Job):
         object.__setattr__(self, "run_ids", tuple(self.run_ids))
 
 
-def _check_budget(budget: str) -> None:
+def _check_budget(budget: str, max_epoch_factor: float | None = None) -> None:
     if budget not in BUDGETS:
         raise StageError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    if max_epoch_factor is not None:
+        if budget != "scratch-b":
+            raise StageError("--max-epoch-factor applies to --budget scratch-b")
+        if not (math.isfinite(max_epoch_factor) and max_epoch_factor >= 1):
+            raise StageError(f"--max-epoch-factor must be at least 1 (Scratch-B trains at "
+                             f"least the base's epochs), got {max_epoch_factor}")

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from mlprunes import arch
-from mlprunes.report.answers import (NO_INTERVAL, NOT_SIGNIFICANT, OUT_OF_RANGE, answer_all,
-                                     answer_metrics)
+from mlprunes.report.answers import (NO_INTERVAL, NO_SPREAD, NOT_SIGNIFICANT, OUT_OF_RANGE,
+                                     answer_all, answer_metrics)
 from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
 from mlprunes.report.stats import (common_grid, interpolate, mean, mean_curve,
                                    paired_difference, std, welch_difference)
@@ -42,8 +42,9 @@ def test_welch_interval_by_hand():
     assert d.value == -3.5 and d.n == 3 and not d.paired
     assert d.high - d.value == pytest.approx(2.5769584 * math.sqrt(0.75), rel=1e-6)
     assert d.significant()
-    same = welch_difference([2, 2], [3, 3])       # no spread: the difference is exact
-    assert (same.low, same.high) == (-1, -1)
+    same = welch_difference([2, 2], [3, 3])       # no spread: nothing to size an interval
+    assert same.value == -1 and not same.has_interval and not same.significant()
+    assert not paired_difference([3, 4], [2, 3]).has_interval
     assert not welch_difference([1.0], [2.0, 3.0]).has_interval
 
 
@@ -101,7 +102,7 @@ def study(scratch_errors=(30.0, 33.0, 29.0), l1_scratch=(60.0, 61.0, 62.0)):
                                seed=s, replicate="SCRATCH-L1")
         timed = RunRecord(f"eval{s}", f"evaluate-s{s}", "evaluate", source_run_id=fisher.run_id,
                           matched_run_id=width.run_id, params=79_000, matched_params=80_000,
-                          latency={"compressed_b1": 2.0 + 0.1 * s, "matched_b1": 1.0 + 0.1 * s,
+                          latency={"compressed_b1": 2.0 + 0.1 * s, "matched_b1": 1.0 + 0.05 * s,
                                    "compressed_b64": 9.0 + s, "matched_b64": 9.0 - s},
                           seed=s, replicate="EVAL")
         records += [base, fisher, l1, width, scratch, scratch_l1, timed]
@@ -152,12 +153,41 @@ def test_question_3_with_one_seed_has_no_interval():
 
 def test_question_4_compares_latency_timed_in_turn_at_each_batch_size():
     q4 = answer_all(study())[3]
-    b1, b64 = sorted(q4.comparisons, key=lambda c: c.name)
-    assert b1.name.endswith("_b1") and b64.name.endswith("_b64")
-    assert b1.difference.value == pytest.approx(1.0) and b1.verdict == "reduced faster"
+    b1, b64 = sorted(q4.comparisons, key=lambda c: len(c.first))
+    assert b1.first.endswith("batch 1") and b64.first.endswith("batch 64")
+    assert b1.difference.value == pytest.approx(1.05) and b1.verdict == "reduced faster"
     assert b64.first_values == [9.0, 10.0, 11.0] and b64.second_values == [9.0, 8.0, 7.0]
     assert b64.verdict == NOT_SIGNIFICANT               # differences 0, 2, 4
     assert "79,000 params pruned, 80,000 reduced" in b1.note
+
+
+def test_a_seed_run_twice_counts_once_and_other_data_is_not_compared():
+    records = study()
+    again = RunRecord("width0-again", "train-reduced-width0.5-s0", "train",
+                      spec=arch.wrn(16, 0.5), params=80_000, test_error=50.0, seed=0,
+                      replicate="WIDTH", start_time=10)
+    other = RunRecord("cifar-width", "train-reduced-width0.5", "train", spec=arch.wrn(16, 0.5),
+                      params=80_000, test_error=5.0, seed=0, replicate="CIFAR",
+                      data="cifar10:32")
+    q1 = answer_all(assign_groups(records + [again, other]))[0]
+    fisher = [c for c in q1.comparisons if "Fisher" in c.first]
+    assert len(fisher) == 1                       # the CIFAR baseline is not the shapes curve's
+    assert fisher[0].second_values == [50.0, 22.0, 23.0]   # seed 0's newest run, once
+
+
+def test_a_baseline_only_some_seeds_reach_is_not_compared():
+    records = study()
+    for r in records:
+        if r.run_id == "fisher2":
+            r.test_curve = [point(0, 160_000, 22.0), point(100, 90_000, 30.0)]  # stops early
+    fisher = by_first(answer_all(records)[0], "Fisher")
+    assert fisher.verdict == OUT_OF_RANGE and fisher.note == "2 of 3 prune runs reach this size"
+
+
+def test_no_spread_over_seeds_has_no_interval():
+    records = study(scratch_errors=(31.0, 32.0, 33.0))   # each 1 point above its pruned network
+    fisher = by_first(answer_all(records)[1], "Fisher")
+    assert fisher.difference.value == pytest.approx(1.0) and fisher.verdict == NO_SPREAD
 
 
 def test_a_baseline_outside_the_pruning_curve_is_not_compared():

@@ -3,6 +3,7 @@ bounded by the critical path and by the total, and `mlprunes plan` with a throug
 taken from a run."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -109,3 +110,9 @@ def test_scratch_b_costs_the_base_networks_compute_per_network():
     base = cost["base"].macs
     assert cost["family"].macs == pytest.approx(2 * base)
     assert cost["scratch-b-fisher-p300"].macs == pytest.approx(base)
+    # Capped at the base's epochs, Scratch-B costs what Scratch-E does.
+    capped = replace(plan, max_epoch_factor=1.0, scratch_budgets=("scratch-e", "scratch-b"))
+    cost = {j.node: j for j in study_cost(study_graph(capped, "p", RunConfig(progress=False),
+                                                      spec), 1000.0).jobs}
+    assert cost["scratch-b-fisher-p300"].macs == pytest.approx(cost["scratch-fisher-p300"].macs)
+    assert cost["scratch-b-fisher-p300"].macs < base and cost["family"].macs < 2 * base

@@ -108,3 +108,42 @@ def test_data_settings_round_trip_through_logged_params():
                                                                          data_dir="/e")
     with pytest.raises(StageError, match="image_size='big'"):
         DataConfig.from_params({**params, "image_size": "big"})
+
+
+def test_replicates_share_a_key_without_the_seed_through_their_inputs():
+    seeded = replace(TRAIN, run=RunConfig(seed=1))
+    assert seeded.key != TRAIN.key
+    assert seeded.replicate_key({}) == TRAIN.replicate_key({})
+    assert replace(TRAIN, recipe=preset("wrn").override(epochs=4)).replicate_key({}) != \
+        TRAIN.replicate_key({})
+    # Prune runs of different seeds' bases: replicates when their bases are.
+    other = replace(PRUNE, base_run_id="def", run=RunConfig(seed=1))
+    assert other.replicate_key({"base_run_id": "R"}) == PRUNE.replicate_key({"base_run_id": "R"})
+    assert other.replicate_key({"base_run_id": "S"}) != PRUNE.replicate_key({"base_run_id": "R"})
+    assert replace(PRUNE, criterion="l1").replicate_key({"base_run_id": "R"}) != \
+        PRUNE.replicate_key({"base_run_id": "R"})
+
+
+def test_scratch_b_takes_the_integer_part_of_the_epochs_and_an_optional_cap():
+    from mlprunes.counting import count
+    from mlprunes.stages.trained import epoch_factor, scratch_epochs
+
+    base, small = arch.wrn(16, 2), arch.wrn(16, 1)
+    ratio = count(base, (32, 32)).flops / count(small, (32, 32)).flops   # about 3.9
+    assert epoch_factor(base, small, "scratch-e", (32, 32)) == 1.0
+    assert epoch_factor(base, small, "scratch-b", (32, 32)) == ratio
+    assert epoch_factor(base, small, "scratch-b", (32, 32), max_epoch_factor=2) == 2
+    assert epoch_factor(base, small, "scratch-b", (32, 32), max_epoch_factor=10) == ratio
+    assert scratch_epochs(10, 2.75) == 27          # the integer part, not rounded (28)
+    assert scratch_epochs(200, ratio) == int(200 * ratio)
+    assert scratch_epochs(3, 0.1) == 1             # at least one epoch
+    capped = ScratchJob(prune_run_id="p", prunes=5, budget="scratch-b", max_epoch_factor=2)
+    assert capped.key != replace(capped, max_epoch_factor=None).key
+    with pytest.raises(StageError, match="applies to --budget scratch-b"):
+        ScratchJob(prune_run_id="p", prunes=5, max_epoch_factor=2)
+    with pytest.raises(StageError, match="at least 1"):
+        FamilyJob(prune_run_id="p", prunes=5, budgets=(10,), budget="scratch-b",
+                  max_epoch_factor=0.5)
+    member = FamilyJob(prune_run_id="p", prunes=5, budgets=(10,), budget="scratch-b",
+                       max_epoch_factor=3).member(10)
+    assert member.max_epoch_factor == 3

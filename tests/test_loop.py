@@ -37,11 +37,15 @@ def test_the_loop_prunes_validates_and_saves_on_its_schedule(criterion):
     points, saves = [], []
     curve = prune_while_finetuning(trainer, pruner, schedule, evaluation, (12, 12),
                                    on_point=[points.append],
-                                   on_save=[lambda p, c: saves.append((p, c))])
+                                   on_save=[lambda p, c: saves.append((p, c))],
+                                   test_loader=evaluation)
 
     assert curve == points
-    assert [p["prunes"] for p in points] == [0, 3, 6, 7]
+    assert [p["prunes"] for p in points] == [0, 3, 4, 6, 7]   # every save is validated too
     assert [p for p, _ in saves] == [4, 7]
+    # Test error at each save but the last (the caller measures the final network's).
+    assert [p["prunes"] for p in points if "test_error" in p] == [4]
+    assert points[2]["test_error"] == points[2]["val_error"]  # here both read one loader
     assert len(pruner.history) == 7 and len(set(pruner.history)) == 7
     assert trainer.position.step == 8 * 3          # fine-tuned before each of p = 0..7
     for point in points:

@@ -159,7 +159,11 @@ def test_a_matched_evaluation_takes_the_checkpoint_nearest_in_size(study, tmp_pa
     answers = json.loads(read_artifact_text(ids["compare"], "answers.json", tmp_path))
     assert [a["question"] for a in answers] == [1, 2, 3, 4]
     q4 = answers[3]["comparisons"]
-    assert {c["name"].rsplit("_", 1)[1] for c in q4} == {"b1", "b64"}
+    assert {c["first"].rsplit(" ", 1)[1] for c in q4} == {"1", "64"}
+    # The network it timed is the prune run's own at that checkpoint: one test error.
+    at = int(evaluation.data.params["checkpoint"][-8:-3])
+    tested = {m.step: m.value for m in client.get_metric_history(ids["fisher"], "test_error")}
+    assert metrics["test_error"] == pytest.approx(tested[at])
     assert all(c["verdict"] == "one seed: no interval" for c in q4)
     compare = client.get_run(ids["compare"]).data.metrics
     assert any(k.startswith("q4_") and k.endswith("_diff") for k in compare)

@@ -78,11 +78,16 @@ def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_p
     spec = ArchSpec.from_json(read_artifact_text(prune_id, "arch.json", tmp_path))
     budget = count_params(spec_after(spec, history[:5]))
     by_budget = cli("scratch", "--prune-run-id", prune_id, "--params-budget", str(budget),
-                    "--budget", "scratch-b", "--no-progress", "--no-log-model").run_id
+                    "--budget", "scratch-b", "--max-epoch-factor", "1.5", "--no-progress",
+                    "--no-log-model").run_id
     run = client.get_run(by_budget)
     assert run.data.params["prunes"] == "5"
     assert run.data.metrics["params"] <= budget
-    assert int(run.data.params["epochs"]) >= 1  # scaled by FLOPs, at least one epoch
+    # Scaled by FLOPs, capped at 1.5 and cut to its integer part: 1 base epoch -> 1.
+    factor = float(run.data.params["epoch_factor"])
+    assert 1 < factor <= 1.5 and run.data.params["max_epoch_factor"] == "1.5"
+    base_epochs = int(client.get_run(base_run).data.params["epochs"])
+    assert int(run.data.params["epochs"]) == max(1, int(base_epochs * factor))
 
     budgets = [40_000, 60_000]
     family_id = cli("family", "--prune-run-id", prune_id, "--prunes", "8", "--budgets",

@@ -53,8 +53,8 @@ def test_a_study_given_three_ways_makes_the_same_keys(tmp_path):
     assert keys(load_study_file(tmp_path / "again.toml")) == keys(demo)
     changed = load_preset("demo", ["prune.prunes=100", "scratch.prunes=[50, 100]"])
     (tmp_path / "hundred.toml").write_text(
-        study_toml(demo).replace("prunes = 150", "prunes = 100")
-        .replace("prunes = [75, 150]", "prunes = [50, 100]"))
+        study_toml(demo).replace("prunes = 170", "prunes = 100")
+        .replace("prunes = [170]", "prunes = [50, 100]"))
     assert keys(changed) == keys(load_study_file(tmp_path / "hundred.toml"))
     assert keys(changed) != keys(demo)
 
@@ -77,9 +77,18 @@ def test_overrides_reach_the_jobs():
                        "scratch-fisher-p4-s3", "scratch-fisher-p8-s3",
                        "scratch-random-p4-s3", "scratch-random-p8-s3"]
     assert graph["scratch-b-fisher-p8-s3"].job.budget == "scratch-b"
+    assert graph["scratch-b-fisher-p8-s3"].job.max_epoch_factor is None   # no cap by default
     assert graph["reduced-depth16-s3"].job.spec.depth == 16
     assert graph["family-s3"].job.budgets[1] == 20000  # a count, not a fraction
     assert graph["evaluate-base-s3"].job.batch_size == 32
+    capped = load_preset("tiny", ["scratch.budgets=['scratch-e', 'scratch-b']",
+                                  "scratch.max_epoch_factor=2", "family.budget=scratch-b"])
+    graph = study_graph(capped, "tiny", RunConfig(progress=False),
+                        arch.make_spec(**capped.arch, num_classes=10))
+    assert graph["scratch-b-fisher-p12"].job.max_epoch_factor == 2.0
+    assert graph["scratch-fisher-p12"].job.max_epoch_factor is None     # Scratch-E: no factor
+    assert graph["family"].job.max_epoch_factor == 2.0
+    assert parse_study(study_toml(capped), "written", default_name="tiny") == capped
     assert graph.names[-1] == "compare" and len(graph["compare"].needs) == len(graph) - 1
 
 

@@ -77,8 +77,9 @@ def prune_while_finetuning(trainer: Trainer, pruner: Pruner, schedule: PruneSche
                 point = validation_point(p, trainer, pruner, eval_loader, image_size,
                                          macs_before)
                 if test_loader is not None and schedule.saves_at(p) and p < schedule.prunes:
-                    point["test_error"] = evaluate(trainer.model, test_loader,
-                                                   trainer.amp_dtype)["error"]
+                    point["test_error"] = (  # with no validation split, it was just measured
+                        point["val_error"] if test_loader is eval_loader else
+                        evaluate(trainer.model, test_loader, trainer.amp_dtype)["error"])
                 curve.append(point)
                 for callback in on_point:
                     callback(point)

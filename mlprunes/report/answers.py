@@ -16,6 +16,7 @@ Differences are first minus second as titled: negative error differences favour 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ QUESTIONS = {
     4: "At equal parameters, which runs faster: pruned or reduced?",
 }
 NO_INTERVAL = "one seed: no interval"
+NO_SPREAD = "no spread over seeds: no interval"
 NOT_SIGNIFICANT = "no significant difference"
 OUT_OF_RANGE = "not comparable: outside the pruning curve"
 
@@ -96,7 +98,7 @@ class Answer:
 def verdict(difference: Difference, first: str, second: str, better: str = "better") -> str:
     """`first better`, `second better`, no significant difference, or no interval."""
     if not difference.has_interval:
-        return NO_INTERVAL
+        return NO_INTERVAL if difference.n < 2 else NO_SPREAD
     if not difference.significant():
         return NOT_SIGNIFICANT
     return f"{first if difference.value < 0 else second} {better}"
@@ -107,16 +109,27 @@ def config_label(record: RunRecord) -> str:
     return re.sub(r"-s\d+(?=-|$)", "", record.name)
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_").lower()
+def slug(text: str, *keys: str) -> str:
+    """A metric-safe name, unique through a digest of the configurations it compares and
+    short enough for MLflow (250 characters with the q<N>_ prefix and _high suffix)."""
+    digest = hashlib.sha256("|".join(keys).encode()).hexdigest()[:6]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_").lower()[:180] + "_" + digest
 
 
 def replicates(records: list[RunRecord], stage: str) -> dict[str, list[RunRecord]]:
-    """Runs of a stage grouped by configuration (their key without the seed), by seed."""
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    """Runs of a stage grouped by configuration (their key without the seed), one run per
+    seed (the newest: a configuration run twice with one seed is not two replicates), by
+    seed."""
+    newest: dict[tuple[str, int | None], RunRecord] = {}
     for r in records:
-        if r.stage == stage:
-            groups[r.replicate].append(r)
+        if r.stage != stage:
+            continue
+        seen = newest.get((r.replicate, r.seed))
+        if seen is None or r.start_time > seen.start_time:
+            newest[(r.replicate, r.seed)] = r
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for (replicate, _), r in newest.items():
+        groups[replicate].append(r)
     return {k: sorted(v, key=lambda r: (r.seed is None, r.seed or 0)) for k, v in groups.items()}
 
 
@@ -151,6 +164,8 @@ def reduced_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
         kind = next((p.spec for p in pruned if p.spec is not None), None)
         for baseline in reduced.values():
             spec = baseline[0].spec
+            if baseline[0].data != pruned[0].data:  # another dataset or image size
+                continue
             if kind is not None and spec is not None and (
                     spec.family != kind.family or spec.num_classes != kind.num_classes):
                 continue
@@ -158,15 +173,19 @@ def reduced_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
             if not sizes:
                 continue
             at = mean(sizes)
-            label = f"{baseline[0].group} ({spec.name if spec else config_label(baseline[0])})"
-            c = Comparison(1, slug(f"{pruned[0].criterion}_vs_{config_label(baseline[0])}"),
-                           pruned[0].group, label, "% test error", at)
-            c.first_values = [v for v in (interpolate(test_curve(p), at) for p in pruned)
-                              if v is not None]
+            c = Comparison(1, slug(f"{pruned[0].criterion}_vs_{config_label(baseline[0])}",
+                                   pruned[0].replicate, baseline[0].replicate),
+                           pruned[0].group, f"{baseline[0].group} ({config_label(baseline[0])})",
+                           "% test error", at)
+            read = [interpolate(test_curve(p), at) for p in pruned]
             c.second_values = [b.test_error for b in baseline if b.test_error is not None]
             c.seeds = sorted({r.seed for r in pruned + baseline}, key=lambda s: (s is None, s or 0))
             c.run_ids = [r.run_id for r in pruned + baseline]
-            if c.first_values and c.second_values:
+            if any(v is None for v in read):  # a mean over the seeds that got small enough
+                reached = sum(v is not None for v in read)     # would flatter the curve
+                c.note = f"{reached} of {len(read)} prune runs reach this size"
+            elif c.second_values:
+                c.first_values = read
                 _finish(c, welch_difference(c.first_values, c.second_values), "pruned",
                         "reduced")
             out.append(c)
@@ -184,7 +203,7 @@ def _paired_with_prune(records: list[RunRecord], stage: str, question: int,
         source = by_id.get(first.prune_run_id)
         second = source.group if source is not None else (
             f"{criterion_name(first.criterion)} prune + fine-tune")
-        c = Comparison(question, slug(config_label(first)),
+        c = Comparison(question, slug(config_label(first), first.replicate),
                        f"{first.group} ({config_label(first)})", second, "% test error",
                        mean([m.params for m in made if m.params]) if any(
                            m.params for m in made) else None)
@@ -220,15 +239,17 @@ def latency_pruned_vs_reduced(records: list[RunRecord]) -> list[Comparison]:
     out = []
     timed = [r for r in records if r.stage == "evaluate" and r.matched_run_id]
     for runs in replicates(timed, "evaluate").values():
-        batches = sorted({int(k.split("_b")[1]) for r in runs for k in r.latency
-                          if k.startswith("compressed_b")})
+        batches = sorted({1} | {r.batch_size for r in runs if r.batch_size}
+                         | {int(k.split("_b")[1]) for r in runs for k in r.latency
+                            if k.startswith("compressed_b")})
         matched = by_id.get(runs[0].matched_run_id)
         source = by_id.get(runs[0].source_run_id)
         second = (f"{matched.group} ({matched.spec.name})" if matched is not None
                   and matched.spec is not None else "reduced network")
         first = source.group if source is not None else "pruned network"
         for bs in batches:
-            c = Comparison(4, slug(f"{config_label(runs[0])}_b{bs}"), f"{first}, batch {bs}",
+            c = Comparison(4, slug(f"{config_label(runs[0])}_b{bs}", runs[0].replicate),
+                           f"{first}, batch {bs}",
                            second, "ms", mean([r.params for r in runs if r.params] or [0]))
             for r in runs:
                 a, b = r.latency.get(f"compressed_b{bs}"), r.latency.get(f"matched_b{bs}")

@@ -43,6 +43,9 @@ class RunRecord:
     matched_params: float | None = None
     seed: int | None = None
     replicate: str = ""                   # runs that differ only in seed share it
+    data: str = ""                        # dataset and image size: what is comparable
+    start_time: int = 0                   # of the run, ms: the newest of duplicates wins
+    batch_size: int | None = None         # evaluate: the large batch it timed
     base_run_id: str = ""
     prune_run_id: str = ""
     source_run_id: str = ""

@@ -59,7 +59,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
         raise ValueError("a paired difference needs two equally long, non-empty lists")
     diffs = [x - y for x, y in zip(a, b)]
     m, n = mean(diffs), len(diffs)
-    if n < 2:
+    if n < 2 or std(diffs) == 0:  # no spread to size an interval from
         return Difference(m, None, None, n, True)
     half = t_quantile(n - 1) * std(diffs) / math.sqrt(n)
     return Difference(m, m - half, m + half, n, True)
@@ -76,8 +76,8 @@ def welch_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
         return Difference(m, None, None, n, False)
     va, vb = std(a) ** 2 / len(a), std(b) ** 2 / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:  # identical replicates on both sides: the difference is exact
-        return Difference(m, m, m, n, False)
+    if se == 0:  # identical replicates on both sides: no spread to size an interval from
+        return Difference(m, None, None, n, False)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = t_quantile(df) * se
     return Difference(m, m - half, m + half, n, False)

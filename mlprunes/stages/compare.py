@@ -107,8 +107,13 @@ def _curves(client: MlflowClient, run: Run, base_epochs: float,
                 if step in history["params"] and step in history["flops"]]
 
     test = points("test_error")
-    if base is not None and test and all(k in base.data.metrics
-                                         for k in ("params", "flops", "test_error")):
+    final = max(history["val_error"], default=0)
+    # A curve needs a checkpoint's test error before the end: a run with only its final one
+    # (made before checkpoints were tested, or saving only at the end) has no test curve, not
+    # a straight line from its base.
+    if not any(p.prunes < final for p in test):
+        return points("val_error"), []
+    if base is not None and all(k in base.data.metrics for k in ("params", "flops", "test_error")):
         m = base.data.metrics
         test.insert(0, CurvePoint(0, m["params"], m["flops"], m["test_error"], base_epochs,
                                   m.get("train_macs")))
@@ -133,7 +138,8 @@ def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunReco
         prune_run_id=tags.get(contract.TAG_PRUNE_RUN, ""),
         source_run_id=tags.get(contract.TAG_SOURCE_RUN, ""),
         parent_run_id=tags.get("mlflow.parentRunId", ""), seed=_seed(params),
-        replicate=tags.get(contract.TAG_REPLICATE, ""))
+        replicate=tags.get(contract.TAG_REPLICATE, ""), start_time=run.info.start_time or 0,
+        data=f"{params.get('dataset', '')}:{params.get('image_size', '')}")
     if stage in contract.TRAINED:
         record.epochs = _float(params.get("epochs"))
     elif stage == contract.PRUNE:
@@ -152,6 +158,8 @@ def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunReco
         record.latency = {k[len("latency_"):-len("_ms")]: v for k, v in metrics.items()
                           if k.startswith("latency_") and k.endswith("_ms")}
         record.matched_run_id = tags.get(contract.TAG_MATCHED_RUN, "")
+        size = _float(params.get("batch_size"))
+        record.batch_size = int(size) if size is not None else None
         record.matched_params = metrics.get("matched_params")
     return record
 

@@ -131,8 +131,9 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
                             resume_run_id=resume_run_id) as ev:
         if unsteady:  # not a result to reuse: a pipeline run again measures anew
             tracking.delete_tag(ev.info.run_id, contract.TAG_CONFIG)
+            tracking.delete_tag(ev.info.run_id, contract.TAG_REPLICATE)
         tracking.log_params({"run_id": job.run_id, "checkpoint": artifact,
-                             "match_run_id": job.match_run_id or "",
+                             "match_run_id": job.match_run_id or "", "seed": job.run.seed,
                              "batch_size": job.batch_size, "repeats": job.repeats,
                              "device": str(device), **contract.arch_params(compact.spec)})
         mlflow.log_metrics(metrics)

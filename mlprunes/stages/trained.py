@@ -172,20 +172,29 @@ def log_network(model: torch.nn.Module, image_size) -> None:
 
 
 def pruned_training(source: PrunedSource, spec: ArchSpec, budget: str, data: DataConfig,
-                    run: RunConfig, log_model: bool, label: str) -> Training:
+                    run: RunConfig, log_model: bool, label: str,
+                    max_epoch_factor: float | None = None) -> Training:
     """How to train a network derived from a prune run on `data` (the prune run's, read from
     where it lives now): its base run's recipe, with the epochs the budget gives."""
     recipe = contract.recipe_of(source.base_run)
     size = data.image_size or 32
-    recipe = replace(recipe, epochs=scratch_epochs(recipe, source.spec, spec, budget,
-                                                   (size, size)))
-    return Training(spec, recipe, data, run, label=label, log_model=log_model)
+    factor = epoch_factor(source.spec, spec, budget, (size, size), max_epoch_factor)
+    return Training(spec, replace(recipe, epochs=scratch_epochs(recipe.epochs, factor)), data,
+                    run, label=label, log_model=log_model)
 
 
-def scratch_epochs(base: Recipe, base_spec: ArchSpec, spec: ArchSpec, budget: str,
-                   image_size) -> int:
+def epoch_factor(base_spec: ArchSpec, spec: ArchSpec, budget: str, image_size,
+                 max_epoch_factor: float | None = None) -> float:
+    """Epochs relative to the base network's. Scratch-E: 1. Scratch-B: the base's FLOPs over
+    this network's, so that both spend the same training compute (Liu et al., ICLR 2019),
+    capped at `max_epoch_factor` (their ImageNet code caps it at 2; their CIFAR code does not
+    cap it)."""
     if budget == "scratch-e":
-        return base.epochs
-    # Scratch-B: the same training compute as the base network (FLOPs x epochs).
+        return 1.0
     ratio = count(base_spec, image_size).flops / max(1, count(spec, image_size).flops)
-    return max(1, int(round(base.epochs * ratio)))
+    return ratio if max_epoch_factor is None else min(ratio, max_epoch_factor)
+
+
+def scratch_epochs(base_epochs: int, factor: float) -> int:
+    """The integer part of base epochs x factor, as Liu et al.'s CIFAR code takes it."""
+    return max(1, int(base_epochs * factor))

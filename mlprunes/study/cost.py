@@ -151,16 +151,17 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
             left = macs * job.params_budget / count_params(spec)
         specs[name] = (spec, left, True)
         images = base.recipe.epochs * _images(base.data)
-        if job.budget == "scratch-b":  # the base's training compute, by definition
-            return STEP_COST * macs * images, True
+        if job.budget == "scratch-b":  # the base's training compute, unless capped
+            return STEP_COST * _scratch_b(macs, left, job.max_epoch_factor) * images, True
         return STEP_COST * left * images, True
     if isinstance(job, FamilyJob):
         spec, macs, _, prune = _source(job.prune_run_id, graph, specs)
         base = graph[prune.base_run_id.node].job
         images = base.recipe.epochs * _images(base.data)
-        if job.budget == "scratch-b":  # each member: the base's training compute
-            return len(job.budgets) * STEP_COST * macs * images, True
         params = count_params(spec)
+        if job.budget == "scratch-b":  # each member: the base's training compute, unless capped
+            return sum(STEP_COST * _scratch_b(macs, macs * b / params, job.max_epoch_factor)
+                       * images for b in job.budgets), True
         return sum(STEP_COST * macs * b / params * images for b in job.budgets), True
     if isinstance(job, EvaluateJob):
         _, macs, estimated, _ = _source(job.run_id, graph, specs)
@@ -187,3 +188,9 @@ def summary(cost: StudyCost, gpus: Sequence[int]) -> dict:
         "critical_path_hours": path_seconds / 3600, "critical_path": path,
         "makespan_hours": {str(g): cost.makespan(g) / 3600 for g in gpus},
     }
+
+
+def _scratch_b(base_macs: float, macs: float, cap: float | None) -> float:
+    """MACs per image-epoch of the base that a Scratch-B network spends: the base's own, or
+    fewer when its epoch factor is capped."""
+    return base_macs if cap is None else min(base_macs, macs * cap)

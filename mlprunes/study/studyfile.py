@@ -136,7 +136,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
               "save_every": _integer(1), "keep_one": _boolean, **_RECIPE},
     "scratch": {"prunes": _list_of(_integer(1), unique=True),
                 "params_budgets": _list_of(_integer(1), unique=True),
-                "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False)},
+                "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False),
+                "max_epoch_factor": _number(low=1)},
     "baselines": {"reduced": _overrides, "depths": _list_of(_integer(1), unique=True),
                   "widths": _list_of(_number(above=0), unique=True),
                   "growths": _list_of(_integer(1), unique=True),
@@ -150,7 +151,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
 _SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles": "bottle"}
 _RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
 _REAL = {"data": ("val_split",), "network": ("width", "bottle"), "train": _RECIPE_REALS,
-         "prune": _RECIPE_REALS, "baselines": ("widths", "bottles"), "family": ()}
+         "prune": _RECIPE_REALS, "baselines": ("widths", "bottles"), "family": (),
+         "scratch": ("max_epoch_factor",)}
 _PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one")
 
 
@@ -319,6 +321,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         scratch_prunes=tuple(scratch.get("prunes", ())),
         scratch_params_budgets=tuple(scratch.get("params_budgets", ())),
         scratch_budgets=tuple(scratch.get("budgets", ("scratch-e",))),
+        max_epoch_factor=scratch.get("max_epoch_factor"),
         baselines=tuple(baselines), family_budgets=tuple(family.get("budgets", ())),
         family_budget=family.get("budget", "scratch-e"),
         evaluate=evaluate.get("enabled", True),
@@ -342,7 +345,7 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
                   **plan.prune_recipe},
         "scratch": {"prunes": list(plan.scratch_prunes),
                     "params_budgets": list(plan.scratch_params_budgets),
-                    "budgets": list(plan.scratch_budgets)},
+                    "budgets": list(plan.scratch_budgets)},  # max_epoch_factor below
         "baselines": {"reduced": [dict(b) for b in plan.baselines]},
         "family": {"budgets": list(plan.family_budgets), "budget": plan.family_budget},
         "evaluate": {"enabled": plan.evaluate, "batch_size": plan.evaluate_batch_size},
@@ -350,6 +353,8 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
     }
     if plan.seeds is not None:
         tree["run"]["seeds"] = list(plan.seeds)
+    if plan.max_epoch_factor is not None:  # TOML has no null: absent means no cap
+        tree["scratch"]["max_epoch_factor"] = plan.max_epoch_factor
     return tree
 
 
