@@ -153,6 +153,9 @@ RECIPE = OptionGroup("recipe", [
     click.option("--milestones", type=NumberList(float), default=None,
                  help="lr milestones as fractions of the run, e.g. 0.3,0.6,0.8."),
     click.option("--gamma", type=float, default=None, help="lr factor at each milestone."),
+    click.option("--pad", type=click.Choice(["zero", "reflect"]), default=None,
+                 help="Random-crop padding [default: the preset's: reflect when training, "
+                      "zero when pruning, as the paper's scripts].")
 ], lambda o: RecipeChoice(**o))
 
 
@@ -186,6 +189,10 @@ log_model_option = click.option("--log-model/--no-log-model", default=True, show
                                 help="Log the final network with mlflow.pytorch.log_model.")
 
 
+init_option = click.option(
+    "--init", type=click.Choice(["fresh", "sliced"]), default="fresh", show_default=True,
+    help="fresh: initialise the network for its own widths; sliced: initialise the full "
+         "network and cut it to these widths, as the paper's code does.")
 max_epoch_factor_option = click.option(
     "--max-epoch-factor", type=float, default=None, metavar="F",
     help="With --budget scratch-b: train at most F times the base run's epochs (Liu et al. "
@@ -332,20 +339,21 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
                    "its FLOPs over this network's (the integer part), the same training "
                    "compute.")
 @max_epoch_factor_option
+@init_option
 @RUN.apply
 @run_name_option
 @log_model_option
 @resume_option("scratch")
 @stage_command
-def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, run: RunConfig,
-            run_name, log_model, resume_run_id):
+def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, init,
+            run: RunConfig, run_name, log_model, resume_run_id):
     """Train a pruned architecture from a fresh init (the paper's 'from scratch')."""
     from mlprunes.stages import scratch as stage
 
     if (prunes is None) == (params_budget is None):
         raise click.UsageError("give exactly one of --prunes and --params-budget")
     job = ScratchJob(prune_run_id=prune_run_id, prunes=prunes, params_budget=params_budget,
-                     budget=budget, max_epoch_factor=max_epoch_factor, run=run,
+                     budget=budget, max_epoch_factor=max_epoch_factor, init=init, run=run,
                      run_name=run_name, log_model=log_model)
     return stage.run(job, resume_run_id=resume_run_id)
 
@@ -357,18 +365,19 @@ def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, run: 
               help="Parameter budgets, e.g. 200000,400000.")
 @click.option("--budget", type=click.Choice(BUDGETS), default="scratch-e", show_default=True)
 @max_epoch_factor_option
+@init_option
 @RUN.apply
 @run_name_option
 @log_model_option
 @stage_command
-def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, run: RunConfig, run_name,
-           log_model):
+def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, init, run: RunConfig,
+           run_name, log_model):
     """Scale one pruned width profile to several budgets; train each from scratch."""
     from mlprunes.stages import family as stage
 
     job = FamilyJob(prune_run_id=prune_run_id, prunes=prunes, budgets=budgets, budget=budget,
-                    max_epoch_factor=max_epoch_factor, run=run, run_name=run_name,
-                    log_model=log_model)
+                    max_epoch_factor=max_epoch_factor, init=init, run=run,
+                    run_name=run_name, log_model=log_model)
     return stage.run(job)
 
 

@@ -112,6 +112,7 @@ class RecipeChoice:
     schedule: str | None = None
     milestones: tuple[float, ...] | None = None
     gamma: float | None = None
+    pad: str | None = None
 
     def resolve(self, default_preset: str, pruning: bool = False) -> Recipe:
         overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset"}
@@ -284,6 +285,7 @@ class ScratchJob(Job):
     params_budget: int | None = None          # or the first with at most this many params
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None     # Scratch-B: cap on epochs / base epochs
+    init: str = "fresh"                       # fresh | sliced (from a full-network init)
     data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
@@ -293,6 +295,7 @@ class ScratchJob(Job):
         if (self.prunes is None) == (self.params_budget is None):
             raise StageError("give exactly one of --prunes and --params-budget")
         _check_budget(self.budget, self.max_epoch_factor)
+        _check_init(self.init)
         _at_least(self, ("prunes", "params_budget"), 0)
 
 
@@ -305,12 +308,14 @@ class FamilyJob(Job):
     budgets: tuple[int, ...] = ()
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None     # Scratch-B: cap on epochs / base epochs
+    init: str = "fresh"                       # fresh | sliced (from a full-network init)
     data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
     log_model: bool = setting(True)
 
     def __post_init__(self) -> None:
+        _check_init(self.init)
         if not self.budgets:
             raise StageError("--budgets needs at least one parameter budget")
         if not all(math.isfinite(b) and b >= 1 for b in self.budgets):
@@ -323,8 +328,8 @@ class FamilyJob(Job):
     def member(self, params_budget: int) -> "FamilyMemberJob":
         return FamilyMemberJob(prune_run_id=self.prune_run_id, prunes=self.prunes,
                                params_budget=params_budget, budget=self.budget,
-                               max_epoch_factor=self.max_epoch_factor, data=self.data,
-                               run=self.run)
+                               max_epoch_factor=self.max_epoch_factor, init=self.init,
+                               data=self.data, run=self.run)
 
 
 @dataclass(frozen=True)
@@ -337,6 +342,7 @@ class FamilyMemberJob(Job):
     params_budget: int = 0
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None
+    init: str = "fresh"
     data: DataChoice = DataChoice()
     run: RunConfig = RunConfig()
 
@@ -377,6 +383,14 @@ class CompareJob(Job):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_ids", tuple(self.run_ids))
+
+
+INITS = ("fresh", "sliced")
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise StageError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
 
 
 def _check_budget(budget: str, max_epoch_factor: float | None = None) -> None:

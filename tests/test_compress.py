@@ -111,3 +111,34 @@ def test_masked_equals_compressed_in_training_mode(tiny_spec):
             dead = block.mask == 0
             assert torch.all(block.bn2.weight.grad[dead] == 0)
             assert torch.all(block.conv1.weight.grad[dead] == 0)
+
+
+def test_sliced_init_is_a_full_network_init_cut_to_the_pruned_widths():
+    from mlprunes import arch
+    from mlprunes.nets.prunable import PrunableBlock
+    from mlprunes.pruning import build_sliced
+
+    full_spec = arch.wrn(16, 1)
+    spec = full_spec.with_mids([3, 16, 0, 20, 64, 1])
+    torch.manual_seed(7)
+    sliced = build_sliced(spec)
+    assert sliced.spec == spec and count(spec).params == sum(
+        p.numel() for p in sliced.parameters())
+    torch.manual_seed(7)
+    full = build(full_spec, masked=True)
+    state = full.state_dict()
+    blocks = [name for name, m in full.named_modules() if isinstance(m, PrunableBlock)]
+    for (key, value) in sliced.state_dict().items():
+        expected = state[key]
+        block = next((b for b in blocks if key.startswith(b + ".")), None)
+        local = key[len(block) + 1:] if block else ""
+        if local in PrunableBlock.MIDDLE_AXES:
+            width = spec.mids[blocks.index(block)]
+            expected = expected.narrow(PrunableBlock.MIDDLE_AXES[local], 0, width)
+        assert torch.equal(value, expected), key
+    torch.manual_seed(7)
+    fresh = build(spec)   # initialised for its own widths: another network
+    assert not torch.equal(fresh.state_dict()["blocks.0.conv1.weight"],
+                           sliced.state_dict()["blocks.0.conv1.weight"])
+    with pytest.raises(ValueError, match="wider than"):
+        build_sliced(full_spec.with_mids([17, 16, 32, 32, 64, 64]))

@@ -1,11 +1,12 @@
 """Jobs and their keys: what changes a result changes the key; nothing else does."""
 
+import json
 from dataclasses import replace
 
 import pytest
 
 from mlprunes import arch
-from mlprunes.engine.recipes import preset
+from mlprunes.engine.recipes import Recipe, preset
 from mlprunes.errors import StageError
 from mlprunes.jobs import (CompareJob, DataChoice, DataConfig, EvaluateJob, FamilyJob, PruneJob,
                            RecipeChoice, Ref, RunConfig, ScratchJob, TrainJob)
@@ -97,6 +98,15 @@ def test_a_recipe_choice_resolves_against_its_preset():
     assert RecipeChoice(preset="densenet").resolve("wrn").batch_size == 64
     with pytest.raises(StageError, match="lr and weight decay must be >= 0"):
         RecipeChoice(lr=-1.0).resolve("wrn")
+    # The paper's scripts pad crops with reflection when training, with zeros when pruning.
+    for family in ("wrn", "densenet"):
+        assert preset(family).pad == "reflect" and preset(family, pruning=True).pad == "zero"
+    assert RecipeChoice(pad="reflect").resolve("wrn", pruning=True).pad == "reflect"
+    assert Recipe.from_params({k: str(v).lower() if isinstance(v, bool) else
+                               (json.dumps(v) if isinstance(v, list) else str(v))
+                               for k, v in preset("wrn").to_dict().items()}) == preset("wrn")
+    with pytest.raises(StageError, match="pad must be zero or reflect"):
+        RecipeChoice(pad="edge").resolve("wrn")
 
 
 def test_data_settings_round_trip_through_logged_params():
@@ -147,3 +157,12 @@ def test_scratch_b_takes_the_integer_part_of_the_epochs_and_an_optional_cap():
     member = FamilyJob(prune_run_id="p", prunes=5, budgets=(10,), budget="scratch-b",
                        max_epoch_factor=3).member(10)
     assert member.max_epoch_factor == 3
+
+
+def test_init_is_part_of_the_key_and_checked():
+    sliced = ScratchJob(prune_run_id="p", prunes=5, init="sliced")
+    assert sliced.key != replace(sliced, init="fresh").key
+    assert FamilyJob(prune_run_id="p", prunes=5, budgets=(10,), init="sliced").member(10).init \
+        == "sliced"
+    with pytest.raises(StageError, match="--init must be one of fresh, sliced"):
+        ScratchJob(prune_run_id="p", prunes=5, init="warm")

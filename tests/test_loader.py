@@ -82,3 +82,36 @@ def test_training_drops_the_ragged_batch_and_channels_last_is_honoured():
     assert len(loader) == 3
     x, _ = next(iter(loader))
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_reflect_padding_crops_each_sample_from_its_mirror_image():
+    import pytest
+    import torch.nn.functional as F
+
+    from mlprunes.data.loader import random_crop
+
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    reference = {mode: F.pad(images.float(), (3,) * 4, mode=mode)
+                 for mode in ("constant", "reflect")}
+    for mode, torch_mode in (("reflect", "reflect"), ("zero", "constant")):
+        out = random_crop(images, 3, torch.Generator().manual_seed(5), mode=mode)
+        g = torch.Generator().manual_seed(5)          # the offsets the crop drew
+        dy, dx = torch.randint(0, 7, (6,), generator=g), torch.randint(0, 7, (6,), generator=g)
+        assert out.dtype == torch.uint8
+        for i in range(6):
+            window = reference[torch_mode][i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+            assert torch.equal(out[i].float(), window), (mode, i)
+    # A reflection needs a pixel to mirror: padding as wide as the image is refused.
+    with pytest.raises(ValueError, match="reflect"):
+        random_crop(images, 8, torch.Generator(), mode="reflect")
+
+
+def test_the_loader_pads_as_its_recipe_says():
+    images, labels = coded_images()
+    zero = DeviceLoader(images, labels, 64, MEAN, STD, train=True, flip=False)
+    mirror = DeviceLoader(images, labels, 64, MEAN, STD, train=True, flip=False,
+                          pad_mode="reflect")
+    (x0, _), (x1, _) = next(iter(zero)), next(iter(mirror))
+    assert (raw(x0)[:, 2] == 0).any()          # zero padding shows as black pixels
+    assert (raw(x1)[:, 2] == 200).all()        # a mirror of a constant channel is constant

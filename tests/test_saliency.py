@@ -156,3 +156,61 @@ def test_random_prunes_active_channels_reproducibly():
     assert sorted(first) == list(range(spec.prunable_channels))  # each channel exactly once
     assert first == run(7)
     assert first != run(8)
+
+
+def test_each_l1_variant_chooses_by_its_own_rule_on_hand_built_weights():
+    """WRN-10-1: block 0 and block 1 filters have 16 inputs (144 weights), block 2's 32 (288).
+    Every weight is 0.1 but one filter of block 2 (0.09) and one of block 0 (-0.1: the
+    most negative signed sum)."""
+    from mlprunes import arch
+    from mlprunes.pruning import L1LayerSaliency, L1MeanSaliency, L1SignedSaliency
+    from mlprunes.pruning.history import block_offsets
+
+    spec = arch.wrn(10, 1)
+    offsets = block_offsets(spec)
+
+    def first_pick(saliency, prepare=None):
+        model = build(spec, masked=True)
+        blocks = prunable_blocks(model)
+        with torch.no_grad():
+            for b in blocks:
+                b.conv1.weight.fill_(0.1)
+            blocks[2].conv1.weight[7].fill_(0.09)
+            blocks[0].conv1.weight[4].fill_(-0.1)
+            if prepare:
+                prepare(blocks)
+        return Pruner(model, saliency).prune()
+
+    # The |W| sum prefers the filters with fewer inputs: a block-0 or block-1 channel (sum
+    # 14.4) goes before any of block 2 (25.9 and 28.8), which empties small blocks first.
+    assert first_pick(L1Saliency()) < offsets[2]
+    # Per weight, the 0.09 filter is the weakest anywhere: block 2, channel 7.
+    assert first_pick(L1MeanSaliency()) == offsets[2] + 7
+    # Relative to its own block's mean, too.
+    assert first_pick(L1LayerSaliency()) == offsets[2] + 7
+    # The paper code's signed sum takes the most negative: block 0, channel 4.
+    assert first_pick(L1SignedSaliency()) == offsets[0] + 4
+
+    # Layer-wise, a block's scale cancels: block 1 ten times smaller loses nothing for it; its
+    # one filter at half its block's mean goes first.
+    def smaller_block_1(blocks):
+        blocks[1].conv1.weight.mul_(0.1)
+        blocks[1].conv1.weight[2].mul_(0.5)
+        blocks[2].conv1.weight[7].fill_(0.1)
+    assert first_pick(L1LayerSaliency(), smaller_block_1) == offsets[1] + 2
+    assert first_pick(L1MeanSaliency(), smaller_block_1) == offsets[1] + 2   # also the smallest
+
+
+def test_layer_wise_l1_scales_by_the_active_filters_only():
+    from mlprunes import arch
+    from mlprunes.pruning import L1LayerSaliency
+
+    model = build(arch.wrn(10, 1), masked=True)
+    blocks = prunable_blocks(model)
+    with torch.no_grad():
+        for b in blocks:
+            b.conv1.weight.fill_(1.0)
+        blocks[0].conv1.weight[:8].fill_(100.0)     # half the block, then pruned away
+        blocks[0].mask[:8] = 0
+    scores = L1LayerSaliency().scores(blocks)
+    torch.testing.assert_close(scores[0][8:], torch.ones(8))   # the active ones' mean is 1

@@ -69,6 +69,15 @@ def test_train_prune_scratch_chain_by_printed_run_ids(base_run, tmp_path):
     assert ArchSpec.from_json(scratch.data.params["arch_spec"]) == spec_after(spec, history)
     assert scratch.data.metrics["params"] == count_params(spec_after(spec, history))
     assert scratch.data.params["epochs"] == base.data.params["epochs"]  # scratch-e
+    assert scratch.data.params["init"] == "fresh" and scratch.data.params["pad"] == "reflect"
+    assert client.get_run(prune_id).data.params["pad"] == "zero"   # as the paper's scripts
+
+    sliced_id = cli("scratch", "--prune-run-id", prune_id, "--prunes", "8", "--init", "sliced",
+                    "--no-progress", "--no-log-model").run_id
+    sliced = client.get_run(sliced_id)
+    assert sliced.data.params["init"] == "sliced"
+    assert sliced.data.tags["mlprunes.config_key"] != scratch.data.tags["mlprunes.config_key"]
+    assert sliced.data.metrics["params"] == scratch.data.metrics["params"]
 
 
 def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_path):

@@ -124,15 +124,17 @@ def test_every_preset_makes_a_graph_whose_jobs_need_only_earlier_jobs(name):
     spec = arch.make_spec(**study.arch, num_classes=10)
     graph = study_graph(study, name, RunConfig(), spec)
     names = graph.names
-    assert names[0] == "base" and names[-1] == "compare"
+    seeds = study.seeds or (0,)
+    s = f"-s{seeds[0]}" if len(seeds) > 1 else ""   # node names carry the seed when several
+    assert names[0] == "base" + s and names[-1] == "compare"
     for node in graph:
         assert all(names.index(n) < names.index(node.name) for n in node.needs)
     stages = [node.job.stage for node in graph]
-    assert stages.count("prune") == len(study.criteria)
-    assert stages.count("scratch") == len(study.criteria) * len(study.scratch_prunes)
-    assert stages.count("train") == 1 + len(study.baselines)
-    assert graph["scratch-" + study.criteria[0] + f"-p{study.scratch_prunes[0]}"].needs == (
-        "prune-" + study.criteria[0],)
+    assert stages.count("prune") == len(seeds) * len(study.criteria)
+    assert stages.count("scratch") == len(seeds) * len(study.criteria) * len(study.scratch_prunes)
+    assert stages.count("train") == len(seeds) * (1 + len(study.baselines))
+    assert graph["scratch-" + study.criteria[0] + f"-p{study.scratch_prunes[0]}{s}"].needs == (
+        "prune-" + study.criteria[0] + s,)
 
 
 def test_a_pipeline_job_has_the_key_of_the_same_command_typed_by_hand():

@@ -1,6 +1,7 @@
 """A data loader that keeps the whole dataset on the training device as one uint8 tensor.
 
-Batches are slices of a shuffled index; random crop (zero padding) and horizontal flip are done
+Batches are slices of a shuffled index; random crop (zero or reflection padding) and horizontal
+flip are done
 per sample on the whole batch with tensor ops; normalisation happens after augmentation, in the
 compute dtype. There is no per-image Python on the hot path and no worker process.
 
@@ -30,19 +31,37 @@ def _mix(*parts: int) -> int:
     return value & (2**63 - 1)
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image cropped back to its size at its own random offset after zero padding."""
+PAD_MODES = ("zero", "reflect")
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator,
+                mode: str = "zero") -> torch.Tensor:
+    """Each image cropped back to its size at its own random offset after padding with zeros
+    or with its own reflection (the edge pixel not repeated, as numpy's and torch's reflect)."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"padding mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
     if padding == 0:
         return images
     n, c, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
+    if mode == "reflect" and padding >= min(h, w):
+        raise ValueError(f"reflect padding of {padding} needs images larger than {padding} "
+                         f"pixels, got {h}x{w}")
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     channels = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[batch, channels, rows, cols]
+    if mode == "zero":
+        return F.pad(images, (padding,) * 4)[batch, channels, rows, cols]
+    # Reflection as index arithmetic on the image itself: no padded copy, any dtype.
+    return images[batch, channels, _reflect(rows - padding, h), _reflect(cols - padding, w)]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices outside [0, size) mirrored back in about the edge pixels."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -62,7 +81,7 @@ class DeviceLoader:
                  mean: Sequence[float], std: Sequence[float], *, train: bool,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  channels_last: bool = False, padding: int = 4, flip: bool = True,
-                 drop_last: bool | None = None, seed: int = 0):
+                 drop_last: bool | None = None, seed: int = 0, pad_mode: str = "zero"):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -76,6 +95,10 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.train = train
         self.padding = padding if train else 0
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"padding mode must be one of {', '.join(PAD_MODES)}, got "
+                             f"{pad_mode!r}")
+        self.pad_mode = pad_mode
         self.flip = flip and train
         # Training drops a ragged last batch (BN on a handful of samples is noise); eval keeps it.
         self.drop_last = train if drop_last is None else drop_last
@@ -116,7 +139,7 @@ class DeviceLoader:
     def _prepare(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
         if self.train:
             g = torch.Generator().manual_seed(_mix(self.seed, epoch, batch, 1))
-            images = random_crop(images, self.padding, g)
+            images = random_crop(images, self.padding, g, self.pad_mode)
             if self.flip:
                 images = random_flip(images, g)
         x = images.to(self.dtype).sub_(self._mean).div_(self._std)

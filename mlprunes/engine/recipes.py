@@ -23,6 +23,7 @@ class Recipe:
     milestones: tuple[float, ...] = ()       # fractions of the run, for "step"
     gamma: float = 0.1                       # lr factor at each milestone
     nesterov: bool = False
+    pad: str = "zero"                        # random-crop padding: "zero" | "reflect"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
@@ -39,6 +40,8 @@ class Recipe:
         if self.gamma <= 0:
             raise ValueError(f"gamma (the lr factor at each milestone) must be > 0, got "
                              f"{self.gamma}")
+        if self.pad not in ("zero", "reflect"):
+            raise ValueError(f"pad must be zero or reflect, got {self.pad!r}")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"schedule must be step, cosine or constant, got {self.schedule!r}")
         if any(not 0 < m < 1 for m in self.milestones):
@@ -74,7 +77,8 @@ class Recipe:
                    lr=float(params["lr"]), momentum=float(params["momentum"]),
                    weight_decay=float(params["weight_decay"]), schedule=params["schedule"],
                    milestones=tuple(json.loads(params["milestones"])),
-                   gamma=float(params["gamma"]), nesterov=params["nesterov"] == "true")
+                   gamma=float(params["gamma"]), nesterov=params["nesterov"] == "true",
+                   pad=params.get("pad") or "zero")   # runs from before pad was logged
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,15 +87,17 @@ class Recipe:
 
 
 PRESETS: dict[str, Recipe] = {
-    # Zagoruyko & Komodakis' WRN recipe, as the paper's code uses it.
+    # Zagoruyko & Komodakis' WRN recipe, as the paper's code uses it (its training script
+    # pads crops with reflection).
     "wrn": Recipe(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
-                  schedule="step", milestones=(0.3, 0.6, 0.8), gamma=0.2),
+                  schedule="step", milestones=(0.3, 0.6, 0.8), gamma=0.2, pad="reflect"),
     # Huang et al.'s DenseNet recipe: 300 epochs, batch 64, x0.1 at 50% and 75%.
     "densenet": Recipe(epochs=300, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
-                       schedule="step", milestones=(0.5, 0.75), gamma=0.1),
+                       schedule="step", milestones=(0.5, 0.75), gamma=0.1, pad="reflect"),
 }
 
-# Fine-tuning while pruning: a small constant learning rate (the paper's code).
+# Fine-tuning while pruning: a small constant learning rate, crops padded with zeros (the
+# paper's pruning script).
 PRUNE_PRESETS: dict[str, Recipe] = {
     "wrn": Recipe(epochs=0, batch_size=128, lr=8e-4, momentum=0.9, weight_decay=5e-4,
                   schedule="constant"),

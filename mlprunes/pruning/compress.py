@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from mlprunes.arch import ArchSpec
 from mlprunes.nets import build
-from mlprunes.nets.prunable import PrunableBlock
+from mlprunes.nets.prunable import PrunableBlock, prunable_blocks
 
 
 def compress(model: nn.Module) -> nn.Module:
@@ -30,3 +31,20 @@ def compress(model: nn.Module) -> nn.Module:
     compact.to(device=param.device, dtype=param.dtype)
     compact.load_state_dict(state)  # strict: any key or shape left unhandled fails loudly
     return compact.train(model.training)
+
+
+def build_sliced(spec: ArchSpec) -> nn.Module:
+    """`spec`'s network initialised as the paper's code initialises a pruned architecture: the
+    full network of its depth and width is built and initialised, then each block is cut to
+    its first `spec.mids[i]` channels. (`build(spec)` instead initialises every layer for its
+    own, narrower widths.)"""
+    full_mids = spec.full_mids()
+    if any(m > f for m, f in zip(spec.mids, full_mids)):
+        raise ValueError(f"a block of {spec.name} is wider than the full network's "
+                         f"({list(spec.mids)} against {list(full_mids)}): sliced init cuts the "
+                         f"full network, so it needs widths within it")
+    full = build(spec.with_mids(full_mids), masked=True)
+    for block, width in zip(prunable_blocks(full), spec.mids):
+        block.mask.zero_()
+        block.mask[:width] = 1
+    return compress(full)

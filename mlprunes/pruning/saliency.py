@@ -107,20 +107,65 @@ class FisherSaliency(Saliency):
                         for t, b in zip(totals, self._blocks)]
 
 
+def _filters(block: PrunableBlock) -> torch.Tensor:
+    """Each middle channel's filter in the block's first conv, one row per channel."""
+    return block.conv1.weight.detach().flatten(1)
+
+
 class L1Saliency(Saliency):
-    """The L1 norm of each channel's filter in the block's first conv: sum |W|.
+    """The L1 norm of each channel's filter in the block's first conv: sum |W|, ranked across
+    all blocks as they are.
 
     (Magnitude, not the signed sum: a filter of large weights of both signs is not unimportant.)
+    A filter with more inputs has more weights to sum, so blocks with few inputs lose their
+    channels first, whatever those channels do.
     """
 
     name = "l1"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        return [
-            block.conv1.weight.detach().abs().sum(dim=(1, 2, 3)) if block.mid > 0
-            else torch.zeros(0)
-            for block in blocks
-        ]
+        return [_filters(b).abs().sum(dim=1) for b in blocks]
+
+
+class L1MeanSaliency(Saliency):
+    """The mean |W| of each channel's filter: the L1 norm over the number of weights in the
+    filter (its inputs x kernel area), so that filters of blocks with more inputs are not
+    ranked higher for their count of weights alone."""
+
+    name = "l1-mean"
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        return [_filters(b).abs().mean(dim=1) if b.mid > 0 else torch.zeros(0) for b in blocks]
+
+
+class L1LayerSaliency(Saliency):
+    """Li et al. (ICLR 2017) rank filters by sum |W| within each layer. Across blocks, the
+    channel pruned is the one weakest relative to its own block: each filter's L1 norm divided
+    by the mean L1 norm of its block's active filters. A block's scale (its fan-in, its init,
+    its weight decay) cancels, so no block is emptied for its scale; a block whose filters are
+    all alike keeps them until others have shed their weak ones."""
+
+    name = "l1-layer"
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        out = []
+        for b in blocks:
+            norms = _filters(b).abs().sum(dim=1)
+            active = b.mask.bool() if b.masked else torch.ones_like(norms, dtype=torch.bool)
+            scale = norms[active].mean() if active.any() else norms.new_ones(())
+            out.append(norms / scale.clamp_min(torch.finfo(norms.dtype).tiny))
+        return out
+
+
+class L1SignedSaliency(Saliency):
+    """The signed sum of each channel's filter weights, ranked across all blocks: the paper
+    code's L1 criterion, exactly, for reproducing its curves. A filter whose weights cancel
+    scores near zero however large they are, and the most negative sum goes first."""
+
+    name = "l1-signed"
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        return [_filters(b).sum(dim=1) for b in blocks]
 
 
 class RandomSaliency(Saliency):
@@ -151,7 +196,9 @@ class RandomSaliency(Saliency):
         self.prunes_done = state["prunes_done"]
 
 
-CRITERIA = {"fisher": FisherSaliency, "l1": L1Saliency, "random": RandomSaliency}
+CRITERIA = {"fisher": FisherSaliency, "l1": L1Saliency, "l1-mean": L1MeanSaliency,
+            "l1-layer": L1LayerSaliency, "l1-signed": L1SignedSaliency,
+            "random": RandomSaliency}
 
 
 def make_saliency(name: str, seed: int = 0, prunes_done: int = 0) -> Saliency:

@@ -38,12 +38,12 @@ class Loaders:
 
 
 def make_loaders(splits: DataSplits, batch_size: int, run: RunConfig,
-                 eval_batch_size: int = 500) -> Loaders:
+                 eval_batch_size: int = 500, pad: str = "zero") -> Loaders:
     device = resolve_device(run.device)
     channels_last = device.type == "cuda" if run.channels_last is None else run.channels_last
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last)
     train = DeviceLoader(splits.train.images, splits.train.labels, batch_size, train=True,
-                         seed=run.seed, **common)
+                         seed=run.seed, pad_mode=pad, **common)
     test = DeviceLoader(splits.test.images, splits.test.labels, eval_batch_size, train=False,
                         **common)
     if splits.eval_set is splits.test:

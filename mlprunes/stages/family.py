@@ -33,7 +33,7 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         family_id = family_run.info.run_id
         tracking.log_params({"prune_run_id": source.run_id, "prunes": job.prunes,
                              "budgets": list(job.budgets), "budget": job.budget,
-                             "max_epoch_factor": job.max_epoch_factor or "",
+                             "max_epoch_factor": job.max_epoch_factor or "", "init": job.init,
                              "profile": profile.to_json(), **vars(data), "seed": job.run.seed})
         mlflow.log_text(spec_json(profile), contract.PROFILE_ARCH)
         rows = []
@@ -61,14 +61,14 @@ def _train_member(member, spec, source, job: FamilyJob, data, name: str,
                   family_id: str) -> str:
     prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=member.stage,
-                                       max_epoch_factor=job.max_epoch_factor))
+                                       max_epoch_factor=job.max_epoch_factor, init=job.init))
     preset = contract.preset_of(source.base_run)
     size = data.image_size or 32
     params = {"preset": preset, "prune_run_id": source.run_id, "prunes": job.prunes,
               "params_budget": member.params_budget, "budget": job.budget,
               "epoch_factor": epoch_factor(source.spec, spec, job.budget, (size, size),
                                            job.max_epoch_factor),
-              "max_epoch_factor": job.max_epoch_factor or ""}
+              "max_epoch_factor": job.max_epoch_factor or "", "init": job.init}
     tags = {**source.lineage_tags(), contract.TAG_PRESET: preset,
             contract.TAG_FAMILY_RUN: family_id}
     with contract.stage_run(member, name, tags, parent_run_id=family_id) as run:

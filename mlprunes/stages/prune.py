@@ -58,7 +58,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         if any(not k.endswith(".mask") for k in missing):
             raise StageError(f"base run {job.base_run_id}'s checkpoint does not fit its own "
                              f"architecture")
-        loaders = make_loaders(splits, recipe.batch_size, job.run)
+        loaders = make_loaders(splits, recipe.batch_size, job.run, pad=recipe.pad)
         check_batches(loaders)
         trainer = Trainer(model, recipe, loaders.train, precision=job.run.precision,
                           channels_last=job.run.channels_last, compile=job.run.compile,

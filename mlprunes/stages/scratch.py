@@ -23,14 +23,15 @@ def run(job: ScratchJob, parent_run_id: str | None = None,
         contract.check_resumable(resume_run_id, job, parent_run_id)
     data = job.data.over(contract.data_of(source.prune_run))
     prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
-                                       label=job.stage, max_epoch_factor=job.max_epoch_factor))
+                                       label=job.stage, max_epoch_factor=job.max_epoch_factor,
+                                       init=job.init))
     name = job.run_name or f"scratch-{source.criterion}-{source.spec.name}-p{prunes}"
     size = data.image_size or 32
     params = {"preset": contract.preset_of(source.base_run), "prune_run_id": source.run_id,
               "prunes": prunes, "budget": job.budget,
               "epoch_factor": epoch_factor(source.spec, spec, job.budget, (size, size),
                                            job.max_epoch_factor),
-              "max_epoch_factor": job.max_epoch_factor or ""}
+              "max_epoch_factor": job.max_epoch_factor or "", "init": job.init}
     if job.params_budget is not None:
         params["params_budget"] = job.params_budget
     tags = {**source.lineage_tags(), contract.TAG_PRESET: params["preset"]}

@@ -29,6 +29,7 @@ from mlprunes.errors import StageError
 from mlprunes.signals import deferred
 from mlprunes.jobs import DataConfig, RunConfig
 from mlprunes.nets import build
+from mlprunes.pruning import build_sliced
 from mlprunes.stages import contract, kept, tracking
 from mlprunes.stages.contract import PrunedSource
 from mlprunes.stages.common import (Loaders, check_batches, check_fits, load_splits,
@@ -45,6 +46,7 @@ class Training:
     label: str                 # the stage, for progress lines
     checkpoint_every: int = 1
     log_model: bool = True
+    init: str = "fresh"        # fresh: build(spec); sliced: a full-network init, cut to spec
 
 
 @dataclass
@@ -65,8 +67,12 @@ def prepare(training: Training) -> Prepared:
             f"the network has {spec.num_classes} classes but {training.data.dataset} has "
             f"{splits.num_classes}; drop --num-classes or set it to {splits.num_classes}")
     seed_everything(training.run.seed)
-    model = build(spec)
-    loaders = make_loaders(splits, training.recipe.batch_size, training.run)
+    try:
+        model = build(spec) if training.init == "fresh" else build_sliced(spec)
+    except ValueError as err:
+        raise StageError(str(err)) from None
+    loaders = make_loaders(splits, training.recipe.batch_size, training.run,
+                           pad=training.recipe.pad)
     check_batches(loaders)
     run = training.run
     trainer = Trainer(model, training.recipe, loaders.train, precision=run.precision,
@@ -173,14 +179,14 @@ def log_network(model: torch.nn.Module, image_size) -> None:
 
 def pruned_training(source: PrunedSource, spec: ArchSpec, budget: str, data: DataConfig,
                     run: RunConfig, log_model: bool, label: str,
-                    max_epoch_factor: float | None = None) -> Training:
+                    max_epoch_factor: float | None = None, init: str = "fresh") -> Training:
     """How to train a network derived from a prune run on `data` (the prune run's, read from
     where it lives now): its base run's recipe, with the epochs the budget gives."""
     recipe = contract.recipe_of(source.base_run)
     size = data.image_size or 32
     factor = epoch_factor(source.spec, spec, budget, (size, size), max_epoch_factor)
     return Training(spec, replace(recipe, epochs=scratch_epochs(recipe.epochs, factor)), data,
-                    run, label=label, log_model=log_model)
+                    run, label=label, log_model=log_model, init=init)
 
 
 def epoch_factor(base_spec: ArchSpec, spec: ArchSpec, budget: str, image_size,

@@ -39,6 +39,7 @@ class StudyPlan:
     scratch_params_budgets: tuple[int, ...] = ()   # or the first architectures this small
     scratch_budgets: tuple[str, ...] = ("scratch-e",)
     max_epoch_factor: float | None = None      # Scratch-B's cap (scratch runs and family)
+    init: str = "fresh"                        # scratch runs and family: fresh | sliced
     baselines: tuple[dict[str, Any], ...] = ()     # make_spec overrides of the base network
     family_budgets: tuple[float, ...] = ()     # fractions of the base's parameters, or counts
     family_budget: str = "scratch-e"
@@ -112,6 +113,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                 cap = plan.max_epoch_factor if budget == "scratch-b" else None
                 scratch.append(graph.add(f"scratch{tag}-{c}-{point}{suffix}", ScratchJob(
                     prune_run_id=prunes[c], **where, budget=budget, max_epoch_factor=cap,
+                    init=plan.init,
                     data=located, run=run,
                     log_model=log_model,
                     run_name=f"scratch{tag}-{c}-{base_spec.name}-{point}{suffix}")))
@@ -128,7 +130,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                         for f in plan.family_budgets)
         graph.add(f"family{suffix}", FamilyJob(
             prune_run_id=prunes[first], prunes=plan.prunes, budgets=budgets,
-            budget=plan.family_budget, data=located, run=run, log_model=log_model,
+            budget=plan.family_budget, init=plan.init, data=located, run=run,
+            log_model=log_model,
             max_epoch_factor=(plan.max_epoch_factor if plan.family_budget == "scratch-b"
                               else None),
             run_name=f"family-{first}-{base_spec.name}-p{plan.prunes}{suffix}"))

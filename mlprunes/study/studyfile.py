@@ -117,7 +117,8 @@ def _overrides(v):
 _RECIPE = {"preset": _one_of(RECIPE_PRESETS), "batch_size": _integer(1, 65536),
            "lr": _number(0), "momentum": _number(0, below=1),
            "weight_decay": _number(0), "schedule": _one_of(("step", "cosine", "constant")),
-           "milestones": _list_of(_number(above=0, below=1)), "gamma": _number(above=0)}
+           "milestones": _list_of(_number(above=0, below=1)), "gamma": _number(above=0),
+           "pad": _one_of(("zero", "reflect"))}
 NETWORK = {"family": _one_of(("wrn", "densenet")), "depth": _integer(1, 1000),
            "width": _number(above=0, high=64), "growth": _integer(1, 1024),
            "bottle": _number(above=0, high=1)}
@@ -137,7 +138,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "scratch": {"prunes": _list_of(_integer(1), unique=True),
                 "params_budgets": _list_of(_integer(1), unique=True),
                 "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False),
-                "max_epoch_factor": _number(low=1)},
+                "max_epoch_factor": _number(low=1), "init": _one_of(("fresh", "sliced"))},
     "baselines": {"reduced": _overrides, "depths": _list_of(_integer(1), unique=True),
                   "widths": _list_of(_number(above=0), unique=True),
                   "growths": _list_of(_integer(1), unique=True),
@@ -321,7 +322,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         scratch_prunes=tuple(scratch.get("prunes", ())),
         scratch_params_budgets=tuple(scratch.get("params_budgets", ())),
         scratch_budgets=tuple(scratch.get("budgets", ("scratch-e",))),
-        max_epoch_factor=scratch.get("max_epoch_factor"),
+        max_epoch_factor=scratch.get("max_epoch_factor"), init=scratch.get("init", "fresh"),
         baselines=tuple(baselines), family_budgets=tuple(family.get("budgets", ())),
         family_budget=family.get("budget", "scratch-e"),
         evaluate=evaluate.get("enabled", True),
@@ -345,7 +346,7 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
                   **plan.prune_recipe},
         "scratch": {"prunes": list(plan.scratch_prunes),
                     "params_budgets": list(plan.scratch_params_budgets),
-                    "budgets": list(plan.scratch_budgets)},  # max_epoch_factor below
+                    "budgets": list(plan.scratch_budgets), "init": plan.init},
         "baselines": {"reduced": [dict(b) for b in plan.baselines]},
         "family": {"budgets": list(plan.family_budgets), "budget": plan.family_budget},
         "evaluate": {"enabled": plan.evaluate, "batch_size": plan.evaluate_batch_size},
