@@ -256,7 +256,7 @@ def test_the_readme_example_study_is_a_valid_study(tmp_path):
     plan = load_study_file(tmp_path / "flowers.toml")
     assert plan.data.dataset == "imagefolder" and plan.seeds == (0, 1, 2)
     # per seed: base, prunes, scratch, reduced, family, two evaluations
-    assert len(keys(plan)) == 3 * (1 + 2 + 2 * 2 * 3 + 3 + 1 + 2)
+    assert len(keys(plan)) == 3 * (1 + 3 + 3 * 2 * 3 + 3 + 1 + 2)
 
 
 def test_numbers_key_by_value_not_spelling_and_any_text_round_trips():

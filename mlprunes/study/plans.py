@@ -33,7 +33,7 @@ class StudyPlan:
     save_every: int = 100
     val_every: int = 10
     prune_recipe: dict[str, Any] = field(default_factory=dict)   # fine-tuning: the same
-    criteria: tuple[str, ...] = ("fisher", "l1")
+    criteria: tuple[str, ...] = ("fisher", "l1-mean", "random")
     keep_one: bool = False
     scratch_prunes: tuple[int, ...] = ()       # prune counts whose architectures train anew
     scratch_params_budgets: tuple[int, ...] = ()   # or the first architectures this small

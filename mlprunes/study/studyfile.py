@@ -316,7 +316,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         data=data, arch=network,
         train={k: tuple(v) if isinstance(v, list) else v for k, v in train.items()},
         prune_recipe={k: tuple(v) if isinstance(v, list) else v for k, v in prune.items()},
-        criteria=tuple(schedule.get("criteria", ("fisher", "l1"))), prunes=prunes,
+        criteria=tuple(schedule.get("criteria", ("fisher", "l1-mean", "random"))), prunes=prunes,
         prune_every=schedule.get("prune_every", 100), val_every=schedule.get("val_every", 10),
         save_every=schedule.get("save_every", 100), keep_one=schedule.get("keep_one", False),
         scratch_prunes=tuple(scratch.get("prunes", ())),
