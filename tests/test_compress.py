@@ -142,3 +142,23 @@ def test_sliced_init_is_a_full_network_init_cut_to_the_pruned_widths():
                            sliced.state_dict()["blocks.0.conv1.weight"])
     with pytest.raises(ValueError, match="wider than"):
         build_sliced(full_spec.with_mids([17, 16, 32, 32, 64, 64]))
+
+
+def test_a_training_run_builds_its_network_and_loader_as_its_options_say():
+    from mlprunes import arch
+    from mlprunes.engine.recipes import preset
+    from mlprunes.engine.trainer import seed_everything
+    from mlprunes.jobs import DataConfig, RunConfig
+    from mlprunes.pruning import build_sliced
+    from mlprunes.stages.trained import Training, prepare
+
+    spec = arch.wrn(10, 1).with_mids([5, 0, 40])
+    data = DataConfig(dataset="shapes", image_size=8, shapes_train=128, shapes_test=32)
+    recipe = preset("wrn").override(epochs=1, batch_size=32)
+    prepared = prepare(Training(spec, recipe, data, RunConfig(seed=3, progress=False),
+                                "scratch", init="sliced"))
+    seed_everything(3)
+    expected = build_sliced(spec).state_dict()
+    got = prepared.trainer.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    assert prepared.loaders.train.pad_mode == recipe.pad == "reflect"

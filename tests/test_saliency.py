@@ -1,3 +1,6 @@
+import shutil
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -216,6 +219,8 @@ def test_layer_wise_l1_scales_by_the_active_filters_only():
     torch.testing.assert_close(scores[0][8:], torch.ones(8))   # the active ones' mean is 1
 
 
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on a CPU needs a C compiler")
 def test_compiled_and_eager_fisher_scores_agree():
     """`--compile` with Fisher: the hook that reads each masked activation is registered during
     the forward pass; under torch.compile it must still see every step's activations and
@@ -240,3 +245,14 @@ def test_compiled_and_eager_fisher_scores_agree():
     for ours, theirs in zip(scores(compiled, torch.compile(compiled)), reference):
         assert theirs.abs().max() > 0
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-9)
+
+
+def test_every_criterion_prunes_a_network_with_a_block_of_width_zero():
+    from mlprunes import arch
+    from mlprunes.pruning import CRITERIA, make_saliency
+
+    spec = arch.wrn(10, 1).with_mids([0, 4, 8])     # e.g. a small --bottle, or pruned again
+    for name in CRITERIA:
+        model = build(spec, masked=True)
+        pruner = Pruner(model, make_saliency(name))
+        assert pruner.prune() >= 0, name             # a channel of the blocks that have some

@@ -108,7 +108,10 @@ class FisherSaliency(Saliency):
 
 
 def _filters(block: PrunableBlock) -> torch.Tensor:
-    """Each middle channel's filter in the block's first conv, one row per channel."""
+    """Each middle channel's filter in the block's first conv, one row per channel (none for a
+    block of width 0, which has no conv)."""
+    if block.mid == 0:
+        return torch.zeros(0, 1)
     return block.conv1.weight.detach().flatten(1)
 
 
@@ -135,7 +138,7 @@ class L1MeanSaliency(Saliency):
     name = "l1-mean"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        return [_filters(b).abs().mean(dim=1) if b.mid > 0 else torch.zeros(0) for b in blocks]
+        return [_filters(b).abs().mean(dim=1) for b in blocks]
 
 
 class L1LayerSaliency(Saliency):
@@ -143,7 +146,9 @@ class L1LayerSaliency(Saliency):
     channel pruned is the one weakest relative to its own block: each filter's L1 norm divided
     by the mean L1 norm of its block's active filters. A block's scale (its fan-in, its init,
     its weight decay) cancels, so no block is emptied for its scale; a block whose filters are
-    all alike keeps them until others have shed their weak ones."""
+    all alike keeps them until others have shed their weak ones. A block's last channel scores
+    exactly 1, above the weakest of any block with two unequal filters, so blocks empty only
+    once every block is down to about one channel."""
 
     name = "l1-layer"
 

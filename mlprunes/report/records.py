@@ -46,6 +46,7 @@ class RunRecord:
     data: str = ""                        # dataset and image size: what is comparable
     start_time: int = 0                   # of the run, ms: the newest of duplicates wins
     batch_size: int | None = None         # evaluate: the large batch it timed
+    init: str = "fresh"                   # scratch and family members: fresh or sliced
     base_run_id: str = ""
     prune_run_id: str = ""
     source_run_id: str = ""
@@ -76,9 +77,9 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
             r.group = f"{crit} prune + fine-tune"
         elif r.stage == "scratch":
             r.group = f"{crit} arch. from scratch" + (" (Scratch-B)" if r.budget == "scratch-b"
-                                                      else "")
+                                                      else "") + _sliced(r)
         elif r.stage == "family-member":
-            r.group = f"{crit} family, scaled from one prune"
+            r.group = f"{crit} family, scaled from one prune" + _sliced(r)
         elif r.stage == "train":
             r.group = _train_group(r, base_ids, bases)
     for r in records:  # evaluations are named after what they measured
@@ -86,6 +87,10 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
             source = by_id.get(r.source_run_id)
             r.group = f"Evaluated: {source.group}" if source is not None else "Evaluated"
     return records
+
+
+def _sliced(record: RunRecord) -> str:
+    return " (sliced init)" if record.init == "sliced" else ""
 
 
 def _size(spec: ArchSpec) -> float:

@@ -37,9 +37,16 @@ class Loaders:
     test: DeviceLoader
 
 
+CROP_PADDING = 4   # the loader's default random-crop padding, in pixels
+
+
 def make_loaders(splits: DataSplits, batch_size: int, run: RunConfig,
                  eval_batch_size: int = 500, pad: str = "zero") -> Loaders:
     device = resolve_device(run.device)
+    if pad == "reflect" and min(splits.image_size) <= CROP_PADDING:
+        raise StageError(f"reflection padding of {CROP_PADDING} pixels needs images larger than "
+                         f"that, got {splits.image_size[0]}x{splits.image_size[1]}; use --pad "
+                         f"zero (or pad = \"zero\" in the study's [train])")
     channels_last = device.type == "cuda" if run.channels_last is None else run.channels_last
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last)
     train = DeviceLoader(splits.train.images, splits.train.labels, batch_size, train=True,

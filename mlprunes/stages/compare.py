@@ -139,7 +139,8 @@ def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunReco
         source_run_id=tags.get(contract.TAG_SOURCE_RUN, ""),
         parent_run_id=tags.get("mlflow.parentRunId", ""), seed=_seed(params),
         replicate=tags.get(contract.TAG_REPLICATE, ""), start_time=run.info.start_time or 0,
-        data=f"{params.get('dataset', '')}:{params.get('image_size', '')}")
+        data=f"{params.get('dataset', '')}:{params.get('image_size', '')}",
+        init=params.get("init") or "fresh")
     if stage in contract.TRAINED:
         record.epochs = _float(params.get("epochs"))
     elif stage == contract.PRUNE:

@@ -25,7 +25,13 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         raise StageError(str(err)) from None
     for member in members:
         check_fits(member)
-    name = job.run_name or f"family-{source.criterion}-{source.spec.name}-p{job.prunes}"
+        if job.init == "sliced" and any(m > f for m, f in zip(member.mids, member.full_mids())):
+            raise StageError(f"--init sliced cuts the full network, but the member for "
+                             f"{member.name} is wider than it in some block "
+                             f"({list(member.mids)} against {list(member.full_mids())}); use "
+                             f"--init fresh or smaller budgets")
+    name = job.run_name or (f"family-{source.criterion}-{source.spec.name}-p{job.prunes}"
+                            + ("-sliced" if job.init == "sliced" else ""))
     data = job.data.over(contract.data_of(source.prune_run))
     size = data.image_size or 32
     with contract.stage_run(job, name, source.lineage_tags(), parent_run_id=parent_run_id,

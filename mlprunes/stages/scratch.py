@@ -25,7 +25,8 @@ def run(job: ScratchJob, parent_run_id: str | None = None,
     prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=job.stage, max_epoch_factor=job.max_epoch_factor,
                                        init=job.init))
-    name = job.run_name or f"scratch-{source.criterion}-{source.spec.name}-p{prunes}"
+    name = job.run_name or (f"scratch-{source.criterion}-{source.spec.name}-p{prunes}"
+                            + ("-sliced" if job.init == "sliced" else ""))
     size = data.image_size or 32
     params = {"preset": contract.preset_of(source.base_run), "prune_run_id": source.run_id,
               "prunes": prunes, "budget": job.budget,

@@ -103,6 +103,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
         run_name=f"prune-{c}-{base_spec.name}{suffix}"))
         for c in plan.criteria}
     scratch = []
+    sliced = "-sliced" if plan.init == "sliced" else ""
     for c in plan.criteria:
         for budget in plan.scratch_budgets:
             tag = "" if budget == "scratch-e" else "-b"
@@ -116,7 +117,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     init=plan.init,
                     data=located, run=run,
                     log_model=log_model,
-                    run_name=f"scratch{tag}-{c}-{base_spec.name}-{point}{suffix}")))
+                    run_name=f"scratch{tag}-{c}-{base_spec.name}-{point}{sliced}{suffix}")))
     reduced = []
     for overrides in plan.baselines:
         spec = make_spec(**{**plan.arch, **overrides}, num_classes=base_spec.num_classes)
@@ -134,7 +135,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
             log_model=log_model,
             max_epoch_factor=(plan.max_epoch_factor if plan.family_budget == "scratch-b"
                               else None),
-            run_name=f"family-{first}-{base_spec.name}-p{plan.prunes}{suffix}"))
+            run_name=f"family-{first}-{base_spec.name}-p{plan.prunes}{sliced}{suffix}"))
     return {"base": base, "pruned": prunes[first], "reduced": reduced}
 
 
