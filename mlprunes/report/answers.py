@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlprunes.report.records import RunRecord, criterion_name
+from mlprunes.report.records import RunRecord, criterion_name, replicate_groups
 from mlprunes.report.stats import (Difference, interpolate, mean, paired_difference, std,
                                    welch_difference)
 
@@ -116,21 +115,9 @@ def slug(text: str, *keys: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_").lower()[:180] + "_" + digest
 
 
-def replicates(records: list[RunRecord], stage: str) -> dict[str, list[RunRecord]]:
-    """Runs of a stage grouped by configuration (their key without the seed), one run per
-    seed (the newest: a configuration run twice with one seed is not two replicates), by
-    seed."""
-    newest: dict[tuple[str, int | None], RunRecord] = {}
-    for r in records:
-        if r.stage != stage:
-            continue
-        seen = newest.get((r.replicate, r.seed))
-        if seen is None or r.start_time > seen.start_time:
-            newest[(r.replicate, r.seed)] = r
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
-    for (replicate, _), r in newest.items():
-        groups[replicate].append(r)
-    return {k: sorted(v, key=lambda r: (r.seed is None, r.seed or 0)) for k, v in groups.items()}
+def replicates(records: list[RunRecord], stage: str) -> list[list[RunRecord]]:
+    """Runs of a stage grouped by configuration, one per seed."""
+    return replicate_groups([r for r in records if r.stage == stage])
 
 
 def test_curve(record: RunRecord) -> list[tuple[float, float]]:
@@ -158,11 +145,10 @@ def reduced_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
     """Question 1: each prune configuration against each reduced baseline of its network's
     kind, at the baseline's parameter count."""
     out = []
-    reduced = {k: v for k, v in replicates([r for r in records if is_reduced(r)],
-                                           "train").items()}
-    for pruned in replicates(records, "prune").values():
+    reduced = replicates([r for r in records if is_reduced(r)], "train")
+    for pruned in replicates(records, "prune"):
         kind = next((p.spec for p in pruned if p.spec is not None), None)
-        for baseline in reduced.values():
+        for baseline in reduced:
             spec = baseline[0].spec
             if baseline[0].data != pruned[0].data:  # another dataset or image size
                 continue
@@ -198,7 +184,7 @@ def _paired_with_prune(records: list[RunRecord], stage: str, question: int,
     curve at the network's size, paired by seed."""
     by_id = {r.run_id: r for r in records}
     out = []
-    for made in replicates(records, stage).values():
+    for made in replicates(records, stage):
         first = made[0]
         source = by_id.get(first.prune_run_id)
         second = source.group if source is not None else (
@@ -238,7 +224,7 @@ def latency_pruned_vs_reduced(records: list[RunRecord]) -> list[Comparison]:
     by_id = {r.run_id: r for r in records}
     out = []
     timed = [r for r in records if r.stage == "evaluate" and r.matched_run_id]
-    for runs in replicates(timed, "evaluate").values():
+    for runs in replicates(timed, "evaluate"):
         batches = sorted({1} | {r.batch_size for r in runs if r.batch_size}
                          | {int(k.split("_b")[1]) for r in runs for k in r.latency
                             if k.startswith("compressed_b")})

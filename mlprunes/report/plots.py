@@ -9,7 +9,6 @@ the trained configurations is drawn dashed. Validation and test error are never 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from matplotlib.ticker import EngFormatter, LogLocator  # noqa: E402
 
 from mlprunes.report.answers import Answer, is_reduced  # noqa: E402
 from mlprunes.report.pareto import pareto_front  # noqa: E402
-from mlprunes.report.records import RunRecord  # noqa: E402
+from mlprunes.report.records import RunRecord, replicate_groups  # noqa: E402
 from mlprunes.report.stats import mean, mean_curve, std  # noqa: E402
 
 AXES = {
@@ -68,20 +67,13 @@ def _value(record: RunRecord, axis: str) -> float | None:
     return {"params": record.params, "flops": record.flops, "macs": record.train_macs}[axis]
 
 
-def _by_replicate(records: list[RunRecord]) -> list[list[RunRecord]]:
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
-    for r in records:
-        groups[r.replicate].append(r)
-    return list(groups.values())
-
-
 def series_for(records: list[RunRecord], axis: str, error: str = "test") -> list[Series]:
     """What the error-vs-`axis` plot shows: a curve per prune configuration (its test curve,
     or with `error="validation"` its validation curve), a point per trained configuration
     (train, scratch, family members; test error). Replicates are averaged."""
     out: list[Series] = []
     prunes = [r for r in records if r.stage == "prune"]
-    for runs in _by_replicate(prunes):
+    for runs in replicate_groups(prunes):
         curves = [[(getattr(p, axis), p.error) for p in
                    (r.test_curve if error == "test" else r.curve) if getattr(p, axis)]
                   for r in runs]
@@ -101,7 +93,7 @@ def series_for(records: list[RunRecord], axis: str, error: str = "test") -> list
     grouped: dict[str, Series] = {}
     trained = [r for r in records if r.stage in ("train", "scratch", "family-member")
                and r.test_error is not None and _value(r, axis)]
-    for runs in _by_replicate(trained):
+    for runs in replicate_groups(trained):
         s = grouped.setdefault(runs[0].group, Series(runs[0].group, "points"))
         s.points.append((mean([_value(r, axis) for r in runs]),
                          mean([r.test_error for r in runs])))

@@ -120,3 +120,19 @@ def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str
     if size_differs:
         return "Reduced width" if spec.family == "wrn" else "Reduced growth"
     return "Full network"
+
+
+def replicate_groups(records: list[RunRecord]) -> list[list[RunRecord]]:
+    """Runs grouped by configuration (their key without the seed), one run per seed (the
+    newest: a configuration run twice with one seed is not two replicates), each group in seed
+    order and the groups in the order their first run came."""
+    newest: dict[tuple[str, int | None], RunRecord] = {}
+    for r in records:
+        seen = newest.get((r.replicate, r.seed))
+        if seen is None or r.start_time > seen.start_time:
+            newest[(r.replicate, r.seed)] = r
+    groups: dict[str, list[RunRecord]] = {}
+    for (replicate, _), r in newest.items():
+        groups.setdefault(replicate, []).append(r)
+    return [sorted(g, key=lambda r: (r.seed is None, r.seed or 0)) for g in groups.values()]
+

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlprunes.report.records import RunRecord
+from mlprunes.report.records import RunRecord, replicate_groups
 
 COLUMNS = ["run_id", "run_name", "group", "stage", "criterion", "seed", "replicate", "arch",
            "params", "flops",
@@ -95,13 +95,9 @@ def configurations(records: list[RunRecord]) -> list[dict[str, Any]]:
     from mlprunes.report.answers import config_label
     from mlprunes.report.stats import mean, std
 
-    grouped: dict[str, list[RunRecord]] = {}
-    for r in records:
-        if r.stage != "evaluate":
-            grouped.setdefault(r.replicate, []).append(r)
     order = {"train": 0, "prune": 1, "scratch": 2, "family-member": 3}
     out = []
-    for runs in grouped.values():
+    for runs in replicate_groups([r for r in records if r.stage != "evaluate"]):
         errors = [r.test_error for r in runs if r.test_error is not None]
         sizes = [r.params for r in runs if r.params is not None]
         archs = sorted({r.spec.name for r in runs if r.spec is not None})
