@@ -94,12 +94,14 @@ class ArchChoice:
     growth: int | None
     bottle: float | None
     num_classes: int | None
+    round_to: int = 1
 
     def spec(self, default_classes: int = 10) -> ArchSpec:
         try:
-            return make_spec(self.family, depth=self.depth, width=self.width,
+            spec = make_spec(self.family, depth=self.depth, width=self.width,
                              growth=self.growth, bottle=self.bottle,
                              num_classes=self.num_classes or default_classes)
+            return spec.rounded(self.round_to) if self.round_to != 1 else spec
         except ArchError as err:
             raise click.ClickException(str(err)) from None
 
@@ -116,6 +118,10 @@ ARCH = OptionGroup("arch", [
                  help="Uniform bottleneck: every block's middle width times Z."),
     click.option("--num-classes", type=int, default=None,
                  help="Output classes [default: from the dataset, 10 without one]."),
+    click.option("--round-to", type=int, default=1, show_default=True, metavar="R",
+                 help="Every block's middle width to the nearest multiple of R (at least R): "
+                      "widths that hardware computes fast, and that --round-to R pruning "
+                      "keeps."),
 ], lambda o: ArchChoice(**o))
 
 DATA = OptionGroup("data", [
@@ -291,6 +297,7 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
     spec = arch.spec(default_classes=dataset_classes(data_config))
     preset = recipe.preset or arch.family
     bottle = f"-bottle{arch.bottle:g}" if arch.bottle is not None else ""
+    bottle += f"-r{arch.round_to}" if arch.round_to != 1 else ""
     job = TrainJob(spec=spec, recipe=recipe.resolve(preset), data=data_config, preset=preset,
                    run=run, run_name=run_name or f"train-{spec.name}{bottle}",
                    checkpoint_every=checkpoint_every, log_model=log_model)
@@ -301,14 +308,22 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
 @click.option("--base-run-id", required=True, help="The train run whose network to prune.")
 @click.option("--criterion", type=click.Choice(CRITERIA), default="fisher", show_default=True,
               help="Channel saliency.")
-@click.option("--prunes", type=int, required=True, help="Channels to prune, one at a time.")
+@click.option("--prunes", type=int, required=True,
+              help="Prunes to make: one channel each (R with --round-to R).")
 @click.option("--prune-every", type=int, default=100, show_default=True,
               help="Fine-tuning steps between prunes.")
 @click.option("--save-every", type=int, default=100, show_default=True,
               help="Prunes between masked checkpoints (and at the end).")
 @click.option("--val-every", type=int, default=10, show_default=True,
               help="Prunes between validation passes (and at the start and end).")
-@flag("--keep-one", "Never prune a block's last channel.")
+@flag("--keep-one", "Never prune a block's last channel (its last R with --round-to R).")
+@click.option("--round-to", type=int, default=1, show_default=True, metavar="R",
+              help="Channels per prune, all from one block, so that every width stays a "
+                   "multiple of R; the base network's widths must be multiples of R.")
+@click.option("--flops-penalty", type=float, default=0.0, show_default=True, metavar="BETA",
+              help="Cost-aware Fisher (Theis et al.): prune the channel minimising its "
+                   "estimated loss increase (nats) plus BETA times the change in GFLOPs per "
+                   "image; 0 is plain Fisher. Fisher only.")
 @DATA.apply
 @RECIPE.apply
 @RUN.apply
@@ -317,15 +332,15 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
 @resume_option("prune")
 @stage_command
 def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, keep_one,
-          data: DataChoice, recipe: RecipeChoice, run: RunConfig, run_name, log_model,
-          resume_run_id):
+          round_to, flops_penalty, data: DataChoice, recipe: RecipeChoice, run: RunConfig,
+          run_name, log_model, resume_run_id):
     """Fine-tune a trained network and prune it channel by channel (Fisher, L1 or random)."""
     from mlprunes.stages import prune as stage
 
     job = PruneJob(base_run_id=base_run_id, criterion=criterion, prunes=prunes,
                    prune_every=prune_every, save_every=save_every, val_every=val_every,
-                   keep_one=keep_one, recipe=recipe, data=data, run=run, run_name=run_name,
-                   log_model=log_model)
+                   keep_one=keep_one, round_to=round_to, flops_penalty=flops_penalty,
+                   recipe=recipe, data=data, run=run, run_name=run_name, log_model=log_model)
     return stage.run(job, resume_run_id=resume_run_id)
 
 
@@ -366,17 +381,19 @@ def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, init,
 @click.option("--budget", type=click.Choice(BUDGETS), default="scratch-e", show_default=True)
 @max_epoch_factor_option
 @init_option
+@click.option("--round-to", type=int, default=1, show_default=True, metavar="R",
+              help="Members' widths: the scaled profile rounded to multiples of R.")
 @RUN.apply
 @run_name_option
 @log_model_option
 @stage_command
-def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, init, run: RunConfig,
-           run_name, log_model):
+def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, init, round_to,
+           run: RunConfig, run_name, log_model):
     """Scale one pruned width profile to several budgets; train each from scratch."""
     from mlprunes.stages import family as stage
 
     job = FamilyJob(prune_run_id=prune_run_id, prunes=prunes, budgets=budgets, budget=budget,
-                    max_epoch_factor=max_epoch_factor, init=init, run=run,
+                    max_epoch_factor=max_epoch_factor, init=init, round_to=round_to, run=run,
                     run_name=run_name, log_model=log_model)
     return stage.run(job)
 

@@ -21,6 +21,14 @@ Size = tuple[int, int]
 class Counts:
     params: int
     flops: int
+    outputs: int = 0   # values the conv and linear layers produce per image
+
+    @property
+    def cost_flops(self) -> int:
+        """Floating-point operations per image as Theis et al. (2018) count a layer's cost:
+        H * W * C_out * (2 * C_in * K^2 + 1), a multiply and an add per weight and one more
+        per output, i.e. 2 * MACs + outputs."""
+        return 2 * self.flops + self.outputs
 
 
 def count(spec: ArchSpec, image_size: int | Size = 32) -> Counts:
@@ -33,7 +41,7 @@ def count(spec: ArchSpec, image_size: int | Size = 32) -> Counts:
         _count_wrn(spec, size, tally)
     else:
         _count_densenet(spec, size, tally)
-    return Counts(tally.params, tally.flops)
+    return Counts(tally.params, tally.flops, tally.outputs)
 
 
 def count_params(spec: ArchSpec) -> int:
@@ -57,6 +65,7 @@ class _Tally:
     def __init__(self) -> None:
         self.params = 0
         self.flops = 0
+        self.outputs = 0
 
     def conv(self, cin: int, cout: int, kernel: int, size: Size, stride: int = 1) -> Size:
         """Add a bias-free conv with 'same' padding; return its output size."""
@@ -64,6 +73,7 @@ class _Tally:
         weights = cin * cout * kernel * kernel
         self.params += weights
         self.flops += weights * out[0] * out[1]
+        self.outputs += cout * out[0] * out[1]
         return out
 
     def bn(self, channels: int) -> None:
@@ -72,6 +82,7 @@ class _Tally:
     def linear(self, cin: int, cout: int) -> None:
         self.params += cin * cout + cout
         self.flops += cin * cout
+        self.outputs += cout
 
 
 def conv_out_size(size: Size, kernel: int, stride: int) -> Size:
@@ -132,12 +143,13 @@ def smallest_params(spec: ArchSpec) -> int:
     return count_params(spec.with_mids([0] * spec.num_blocks))
 
 
-def scale_to_budget(spec: ArchSpec, params_budget: int) -> ArchSpec:
+def scale_to_budget(spec: ArchSpec, params_budget: int, round_to: int = 1) -> ArchSpec:
     """The width profile of `spec` scaled by one factor so that the network has as many
     parameters as possible without exceeding `params_budget` ("prune once, get a family").
 
-    Widths are round(mid * factor); the factor is found by bisection, since the count grows
-    monotonically with it. Raises ValueError for a budget below the smallest network.
+    Widths are round(mid * factor), or with `round_to` R the nearest multiple of R (which may
+    be 0); the factor is found by bisection, since the count grows monotonically with it.
+    Raises ValueError for a budget below the smallest network.
     """
     floor = smallest_params(spec)
     if params_budget < floor:
@@ -147,8 +159,11 @@ def scale_to_budget(spec: ArchSpec, params_budget: int) -> ArchSpec:
     if not any(spec.mids):
         return spec
 
+    if round_to < 1:
+        raise ValueError(f"round_to must be at least 1, got {round_to}")
+
     def scaled(factor: float) -> ArchSpec:
-        return spec.with_mids(int(round(m * factor)) for m in spec.mids)
+        return spec.with_mids(round_to * int(round(m * factor / round_to)) for m in spec.mids)
 
     low, high = 0.0, 1.0
     while count_params(scaled(high)) <= params_budget:

@@ -256,6 +256,8 @@ class PruneJob(Job):
     save_every: int = 100
     val_every: int = 10
     keep_one: bool = False
+    round_to: int = 1                         # channels per prune, all from one block
+    flops_penalty: float = 0.0                # Theis et al.'s beta, nats per GFLOP (fisher)
     recipe: RecipeChoice = RecipeChoice()     # over the fine-tuning preset of the base's family
     data: DataChoice = DataChoice()           # over the base run's data
     run: RunConfig = RunConfig()
@@ -266,6 +268,14 @@ class PruneJob(Job):
         if self.criterion not in CRITERIA:
             raise StageError(f"--criterion must be one of {', '.join(CRITERIA)}, got "
                              f"{self.criterion!r}")
+        _at_least(self, ("round_to",), 1)
+        if not (math.isfinite(self.flops_penalty) and self.flops_penalty >= 0):
+            raise StageError(f"--flops-penalty must be a finite number >= 0, got "
+                             f"{self.flops_penalty}")
+        if self.flops_penalty > 0 and self.criterion != "fisher":
+            raise StageError(f"--flops-penalty weighs Fisher's estimated loss increase against "
+                             f"the FLOPs a prune saves; {self.criterion} estimates no loss "
+                             f"increase (use --criterion fisher)")
         self.schedule  # noqa: B018 (validates)
 
     @property
@@ -309,6 +319,7 @@ class FamilyJob(Job):
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None     # Scratch-B: cap on epochs / base epochs
     init: str = "fresh"                       # fresh | sliced (from a full-network init)
+    round_to: int = 1                         # members' widths: multiples of this
     data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
@@ -324,12 +335,13 @@ class FamilyJob(Job):
         object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
         _check_budget(self.budget, self.max_epoch_factor)
         _at_least(self, ("prunes",), 0)
+        _at_least(self, ("round_to",), 1)
 
     def member(self, params_budget: int) -> "FamilyMemberJob":
         return FamilyMemberJob(prune_run_id=self.prune_run_id, prunes=self.prunes,
                                params_budget=params_budget, budget=self.budget,
                                max_epoch_factor=self.max_epoch_factor, init=self.init,
-                               data=self.data, run=self.run)
+                               round_to=self.round_to, data=self.data, run=self.run)
 
 
 @dataclass(frozen=True)
@@ -343,6 +355,7 @@ class FamilyMemberJob(Job):
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None
     init: str = "fresh"
+    round_to: int = 1
     data: DataChoice = DataChoice()
     run: RunConfig = RunConfig()
 
@@ -383,6 +396,14 @@ class CompareJob(Job):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_ids", tuple(self.run_ids))
+
+
+def criterion_label(criterion: str, flops_penalty: float = 0.0, round_to: int = 1) -> str:
+    """How run names and reports name a pruning method: the criterion, with Theis et al.'s
+    FLOPs penalty and the channels per prune when they are not the paper's
+    (`fisher+flops0.3-r8`)."""
+    return (criterion + (f"+flops{flops_penalty:g}" if flops_penalty else "")
+            + (f"-r{round_to}" if round_to > 1 else ""))
 
 
 INITS = ("fresh", "sliced")

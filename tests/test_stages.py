@@ -157,6 +157,12 @@ def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_p
      "was started with other settings"),
     (lambda ids: ["evaluate", "--run-id", ids["base"], "--batch-size", "0"],
      "--batch-size must be at least 1, got 0"),
+    (lambda ids: prune_args(ids["base"], "--criterion", "l1-mean", "--flops-penalty", "0.5"),
+     "--flops-penalty weighs Fisher's estimated loss increase"),
+    (lambda ids: prune_args(ids["base"], "--round-to", "12"),
+     "block(s) [0, 1, 2] have widths [16, 32, 64]"),
+    (lambda ids: prune_args(ids["base"], "--round-to", "8", prunes=15),
+     "--prunes 15 is more than the 14 prunes of 8 channels"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_written(base_run, make_args, fragment):
     client = MlflowClient()
@@ -209,3 +215,35 @@ def test_the_logged_model_loads_and_matches_the_final_checkpoint(store, tmp_path
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(logged(x), model(x))
+
+
+def test_round_to_and_flops_penalty_through_prune_scratch_and_family(base_run, tmp_path):
+    """WRN-10-1 (widths 16, 32, 64), 4 prunes of 8 channels with cost-aware Fisher: the
+    history holds 32 channels, each checkpoint's widths are multiples of 8, and a scratch run
+    at 2 prunes and a family member are too."""
+    client = MlflowClient()
+    prune_id = cli(*prune_args(base_run, "--round-to", "8", "--flops-penalty", "0.5",
+                               prunes=4)).run_id
+    prune = client.get_run(prune_id)
+    assert prune.data.params["round_to"] == "8" and prune.data.params["flops_penalty"] == "0.5"
+    assert prune.data.tags["mlprunes.criterion"] == "fisher+flops0.5-r8"
+    assert prune.data.tags["mlflow.runName"] == "prune-fisher+flops0.5-r8-wrn-10-1"
+    history = json.loads(read_artifact_text(prune_id, "prune_history.json", tmp_path))
+    spec = ArchSpec.from_json(read_artifact_text(prune_id, "arch.json", tmp_path))
+    assert len(history) == 32 and len(set(history)) == 32
+    for n in range(5):
+        assert all(m % 8 == 0 for m in spec_after(spec, history[:8 * n]).mids)
+    channels = {m.step: m.value for m in client.get_metric_history(prune_id, "channels_left")}
+    assert channels == {0: 112, 2: 96, 4: 80}
+
+    scratch_id = cli("scratch", "--prune-run-id", prune_id, "--prunes", "2", "--no-progress",
+                     "--no-log-model").run_id
+    scratch = client.get_run(scratch_id)
+    assert ArchSpec.from_json(scratch.data.params["arch_spec"]) == spec_after(spec, history[:16])
+    assert scratch.data.tags["mlprunes.criterion"] == "fisher+flops0.5-r8"
+
+    family_id = cli("family", "--prune-run-id", prune_id, "--prunes", "4", "--budgets", "40000",
+                    "--round-to", "8", "--no-progress", "--no-log-model").run_id
+    members = read_csv(read_artifact_text(family_id, "family.csv", tmp_path))
+    widths = json.loads(members[0]["mids"])
+    assert all(w % 8 == 0 for w in widths) and int(members[0]["params"]) <= 40000

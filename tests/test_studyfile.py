@@ -266,3 +266,27 @@ def test_numbers_key_by_value_not_spelling_and_any_text_round_trips():
     assert keys(load_preset("tiny", ["data.val_split=0"])) == keys(load_preset("tiny"))
     odd = load_preset("tiny", ['description="two\\nlines, a \\"quote\\", a tab\\t and ü"'])
     assert "\n" in odd.description and parse_study(study_toml(odd), "resolved") == odd
+
+
+def test_round_to_and_the_flops_penalty_reach_every_job_they_shape():
+    """[network] round_to shapes the base, the reduced baselines (a bottleneck's irregular
+    widths included), the prune runs and the family; [prune] flops_penalty the Fisher runs."""
+    plan = load_preset("tiny", ["network.round_to=8", "prune.flops_penalty=0.3",
+                                "prune.criteria=['fisher', 'l1-mean']",
+                                "baselines.bottles=[0.3]", "family.budgets=[0.5]"])
+    base = plan.base_spec(10)
+    assert base.mids == arch.make_spec(**plan.arch).mids == (16, 32, 64)
+    graph = study_graph(plan, "tiny", RunConfig(progress=False), base)
+    assert graph["prune-fisher"].job.round_to == 8
+    assert graph["prune-fisher"].job.flops_penalty == 0.3
+    assert graph["prune-l1-mean"].job.flops_penalty == 0.0      # Fisher's term only
+    assert graph["prune-fisher"].job.run_name == "prune-fisher+flops0.3-r8-wrn-10-1"
+    bottle = graph["reduced-bottle0.3"].job.spec
+    assert arch.make_spec("wrn", depth=10, width=1, bottle=0.3).mids == (4, 9, 19)
+    assert bottle.mids == (8, 8, 16)
+    assert graph["family"].job.round_to == 8
+    assert parse_study(study_toml(plan), "written", default_name="tiny") == plan
+    with pytest.raises(StageError, match="prunes of 8 channels"):
+        load_preset("tiny", ["network.round_to=8", "prune.prunes=15"])
+    with pytest.raises(StageError, match="the criteria have no fisher"):
+        load_preset("tiny", ["prune.flops_penalty=0.3", "prune.criteria=['random']"])

@@ -1,4 +1,5 @@
-"""One prune at a time: score the channels, switch off the weakest active one, remember it."""
+"""One prune at a time: score the channels, switch off the weakest active one (or group of
+round_to channels of one block), remember it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch import nn
 
 from mlprunes.arch import ArchSpec
 from mlprunes.nets.prunable import PrunableBlock, prunable_blocks
-from mlprunes.pruning.history import PruningError, locate, masks_from_history
+from mlprunes.counting import Size, count
+from mlprunes.pruning.history import PruningError, block_offsets, locate, masks_from_history
 from mlprunes.pruning.saliency import Saliency
 
 
@@ -17,41 +19,97 @@ class Pruner:
     """Prunes a masked model in place with one saliency criterion.
 
     `history` continues an earlier run: the model's masks must already match it. With
-    `keep_one`, no block is pruned below one channel; by default blocks may vanish entirely
-    (as in the paper's code), after which a WRN block is its shortcut and a DenseNet layer adds
-    zeros.
+    `keep_one`, no block is pruned below one channel (`round_to` channels); by default blocks
+    may vanish entirely (as in the paper's code), after which a WRN block is its shortcut and a
+    DenseNet layer adds zeros.
+
+    A prune removes `round_to` channels (R) from one block, so that every width stays a
+    multiple of R: the block whose R weakest active channels have the lowest summed score, and
+    those R channels. The starting widths must be multiples of R. With R = 1 this is the
+    paper's rule: the weakest channel of the network.
+
+    `flops_penalty` (beta > 0) is Theis et al.'s cost-aware Fisher pruning: a group's score is
+    its estimated loss increase in nats (`FisherSaliency.loss_increase`) plus beta times the
+    change in GFLOPs per image its removal makes (negative: a removal saves computation), at the
+    network's current widths, so a channel whose removal saves more goes first when saliencies
+    tie. FLOPs are counted as the paper counts them (`Counts.cost_flops`) at `image_size`.
     """
 
     def __init__(self, model: nn.Module, saliency: Saliency, keep_one: bool = False,
-                 history: Sequence[int] = ()):
+                 history: Sequence[int] = (), round_to: int = 1, flops_penalty: float = 0.0,
+                 image_size: Size | None = None):
         self.spec: ArchSpec = model.spec
         self.blocks: list[PrunableBlock] = prunable_blocks(model)
         if not self.blocks or not all(b.masked for b in self.blocks):
             raise ValueError("pruning needs a masked model: build(spec, masked=True)")
+        if round_to < 1:
+            raise ValueError(f"round_to must be at least 1, got {round_to}")
+        if not flops_penalty >= 0:
+            raise ValueError(f"flops_penalty must be >= 0, got {flops_penalty}")
+        if flops_penalty > 0 and not hasattr(saliency, "loss_increase"):
+            raise ValueError(f"a FLOPs penalty weighs an estimated loss increase against the "
+                             f"FLOPs saved; the {saliency.name} criterion estimates none (use "
+                             f"fisher)")
+        if flops_penalty > 0 and image_size is None:
+            raise ValueError("a FLOPs penalty needs the image size to count FLOPs at")
         self.saliency = saliency
         self.keep_one = keep_one
+        self.round_to = round_to
+        self.flops_penalty = flops_penalty
+        self.image_size = image_size
         self.history: list[int] = [int(i) for i in history]
         expected = masks_from_history(self.spec, self.history)
         if any(not torch.equal(b.mask.cpu(), m) for b, m in zip(self.blocks, expected)):
             raise PruningError("the model's masks do not match the given prune history")
+        uneven = [i for i, m in enumerate(expected) if int(m.sum()) % round_to]
+        if uneven:
+            raise PruningError(
+                f"pruning {round_to} channels at a time needs every block's width to be a "
+                f"multiple of {round_to}; block(s) {uneven} have widths "
+                f"{[int(expected[i].sum()) for i in uneven]} (train the network with "
+                f"--round-to {round_to}, or choose a round-to that divides every width)")
         saliency.attach(self.blocks)
 
     @property
     def channels_left(self) -> int:
         return self.spec.prunable_channels - len(self.history)
 
-    def prune(self) -> int:
-        """Prune the active channel of lowest saliency; return its global index."""
-        scores = torch.cat([s.detach().float().cpu()
-                            for s in self.saliency.scores(self.blocks)])
-        candidates = torch.cat([self._candidates(b) for b in self.blocks])
-        if not candidates.any():
+    def prune(self) -> list[int]:
+        """Prune `round_to` active channels of one block as the class says; return their
+        global indices, weakest first."""
+        scores = [s.detach().float().cpu() for s in self.saliency.scores(self.blocks)]
+        if self.flops_penalty > 0:
+            scores = [s.detach().float().cpu()
+                      for s in self.saliency.loss_increase(self.blocks)]
+        best: tuple[float, int, torch.Tensor] | None = None
+        for block_index, (block, block_scores) in enumerate(zip(self.blocks, scores)):
+            alive = block.mask.detach().cpu() > 0
+            floor = self.round_to if self.keep_one else 0
+            if int(alive.sum()) - self.round_to < floor:
+                continue
+            # Stable, so that among equal scores the lowest channel goes first, as argmin does.
+            order = torch.sort(block_scores.masked_fill(~alive, float("inf")), stable=True)
+            group = order.indices[:self.round_to]
+            score = float(order.values[:self.round_to].sum())
+            if self.flops_penalty > 0:
+                score += self.flops_penalty * self._gflops_change(block_index)
+            if best is None or score < best[0]:
+                best = (score, block_index, group)
+        if best is None:
             raise PruningError(self._nothing_left_message())
-        scores[~candidates] = float("inf")
-        index = int(torch.argmin(scores))
-        self.prune_channel(index)
+        offset = block_offsets(self.spec)[best[1]]
+        indices = [offset + int(c) for c in best[2]]
+        for index in indices:
+            self.prune_channel(index)
         self.saliency.reset()
-        return index
+        return indices
+
+    def _gflops_change(self, block_index: int) -> float:
+        """GFLOPs per image gained by removing `round_to` channels of the block (negative)."""
+        widths = [int(b.mask.sum()) for b in self.blocks]
+        now = count(self.spec.with_mids(widths), self.image_size).cost_flops
+        widths[block_index] -= self.round_to
+        return (count(self.spec.with_mids(widths), self.image_size).cost_flops - now) / 1e9
 
     def prune_channel(self, index: int) -> None:
         """Switch off one channel by global index and record it."""
@@ -68,15 +126,13 @@ class Pruner:
     def detach(self) -> None:
         self.saliency.detach()
 
-    def _candidates(self, block: PrunableBlock) -> torch.Tensor:
-        alive = block.mask.detach().cpu() > 0
-        if self.keep_one and int(alive.sum()) <= 1:
-            return torch.zeros_like(alive)
-        return alive
-
     def _nothing_left_message(self) -> str:
         total = self.spec.prunable_channels
         if self.channels_left == 0:
             return f"cannot prune again: all {total} prunable channels are already pruned"
-        return (f"cannot prune again: every block is down to one channel ({self.channels_left} "
-                f"left of {total}) and keep_one is set")
+        if self.keep_one:
+            floor = "one channel" if self.round_to == 1 else f"{self.round_to} channels"
+            return (f"cannot prune again: every block is down to {floor} ({self.channels_left} "
+                    f"left of {total}) and keep_one is set")
+        raise AssertionError("widths are multiples of round_to, so a block with any channel "
+                             "left can lose round_to of them")

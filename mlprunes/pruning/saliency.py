@@ -48,6 +48,10 @@ class FisherSaliency(Saliency):
     the steps since the last prune. The per-sample values need the activation and its gradient
     together, so they come from a tensor hook on the masked activation (a batch-summed gradient of
     the mask would square the sum instead of summing the squares).
+
+    These scores rank channels exactly as the paper's code does. Their scale does not matter to
+    a ranking, but it does when they are weighed against a FLOP cost (`Pruner`'s
+    `flops_penalty`): there Theis et al.'s own estimate is needed, `loss_increase`.
     """
 
     name = "fisher"
@@ -55,11 +59,15 @@ class FisherSaliency(Saliency):
     def __init__(self) -> None:
         self._blocks: list[PrunableBlock] = []
         self._totals: list[torch.Tensor | None] = []
+        self._examples: list[torch.Tensor | None] = []   # per-example scale, summed over steps
+        self._steps: list[int] = []                        # steps summed, per block
 
     def attach(self, blocks: list[PrunableBlock]) -> None:
         self.detach()
         self._blocks = list(blocks)
         self._totals = [None] * len(blocks)
+        self._examples = [None] * len(blocks)
+        self._steps = [0] * len(blocks)
         for i, block in enumerate(self._blocks):
             block.activation_observer = partial(self._observe, i)
 
@@ -79,6 +87,12 @@ class FisherSaliency(Saliency):
         step = per_sample.pow(2).mean(dim=0).mul_(0.5)
         total = self._totals[index]
         self._totals[index] = step if total is None else total.add_(step)
+        # The loss is the batch mean, so each sample's own gradient is batch-size times the one
+        # seen here: Theis et al.'s g_nk is that per-example gradient.
+        per_example = step * per_sample.shape[0] ** 2
+        examples = self._examples[index]
+        self._examples[index] = per_example if examples is None else examples + per_example
+        self._steps[index] += 1
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
         return [
@@ -92,11 +106,25 @@ class FisherSaliency(Saliency):
             raise RuntimeError("Fisher saliency is not attached to these blocks")
         return self._totals
 
+    def loss_increase(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        """Theis et al.'s Delta_k = 1/(2N) sum_n g_nk^2 over the N examples seen since the last
+        prune, g_nk the per-example gradient of the loss with respect to channel k's mask: the
+        estimated rise of the mean loss, in nats, were the channel removed."""
+        self._totals_for(blocks)
+        return [examples / steps if examples is not None
+                else torch.zeros(block.mid, device=block.mask.device)
+                for block, examples, steps in zip(blocks, self._examples, self._steps)]
+
     def reset(self) -> None:
         self._totals = [None] * len(self._totals)
+        self._examples = [None] * len(self._examples)
+        self._steps = [0] * len(self._steps)
 
     def state_dict(self) -> dict:
-        return {"totals": [None if t is None else t.detach().cpu().clone() for t in self._totals]}
+        def cpu(tensors):
+            return [None if t is None else t.detach().cpu().clone() for t in tensors]
+        return {"totals": cpu(self._totals), "examples": cpu(self._examples),
+                "steps": list(self._steps)}
 
     def load_state_dict(self, state: dict) -> None:
         totals = state["totals"]
@@ -105,6 +133,12 @@ class FisherSaliency(Saliency):
                              f"{len(self._blocks)}")
         self._totals = [None if t is None else t.to(b.mask.device)
                         for t, b in zip(totals, self._blocks)]
+        # A checkpoint from before the per-example sums were kept restarts them (the ranking
+        # state, `totals`, is whole either way).
+        examples = state.get("examples", [None] * len(totals))
+        self._examples = [None if t is None else t.to(b.mask.device)
+                          for t, b in zip(examples, self._blocks)]
+        self._steps = list(state.get("steps", [0] * len(totals)))
 
 
 def _filters(block: PrunableBlock) -> torch.Tensor:

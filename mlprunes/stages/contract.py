@@ -394,7 +394,8 @@ def arch_params(spec: ArchSpec) -> dict[str, Any]:
 
 @dataclass
 class PrunedSource:
-    """What a finished prune run offers: its starting network, history and base run."""
+    """What a finished prune run offers: its starting network, history and base run. The
+    history lists channels; a prune removed `round_to` of them."""
     prune_run: Run
     base_run: Run
     spec: ArchSpec
@@ -406,28 +407,39 @@ class PrunedSource:
 
     @property
     def criterion(self) -> str:
-        return self.prune_run.data.params.get("criterion", "pruned")
+        """The pruning method's label (`criterion_label`), as run names use it."""
+        data = self.prune_run.data
+        return data.tags.get(TAG_CRITERION) or data.params.get("criterion", "pruned")
+
+    @property
+    def round_to(self) -> int:
+        return int(self.prune_run.data.params.get("round_to", 1))
+
+    @property
+    def prunes_done(self) -> int:
+        return len(self.history) // self.round_to
 
     def spec_at(self, prunes: int) -> ArchSpec:
-        if not 0 <= prunes <= len(self.history):
+        if not 0 <= prunes <= self.prunes_done:
             raise StageError(
                 f"--prunes {prunes} is beyond what prune run {self.run_id} saved: its history "
-                f"has {len(self.history)} prunes")
-        return spec_after(self.spec, self.history[:prunes])
+                f"has {self.prunes_done} prunes")
+        return spec_after(self.spec, self.history[:prunes * self.round_to])
 
     def prunes_for_budget(self, params_budget: int) -> int:
         """The fewest prunes at which the network has at most `params_budget` parameters."""
-        for n in range(len(self.history) + 1):
+        for n in range(self.prunes_done + 1):
             if count_params(self.spec_at(n)) <= params_budget:
                 return n
-        smallest = count_params(self.spec_at(len(self.history)))
+        smallest = count_params(self.spec_at(self.prunes_done))
         raise StageError(
             f"--params-budget {params_budget:,} is below the smallest network prune run "
-            f"{self.run_id} reached ({smallest:,} params after {len(self.history)} prunes)")
+            f"{self.run_id} reached ({smallest:,} params after {self.prunes_done} prunes)")
 
     def lineage_tags(self) -> dict[str, str]:
         return {TAG_PRUNE_RUN: self.run_id, TAG_BASE_RUN: self.base_run.info.run_id,
-                TAG_CRITERION: self.prune_run.data.params.get("criterion", "")}
+                TAG_CRITERION: self.prune_run.data.tags.get(
+                    TAG_CRITERION, self.prune_run.data.params.get("criterion", ""))}
 
 
 _sources: dict[tuple[str, str], PrunedSource] = {}

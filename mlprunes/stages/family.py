@@ -20,7 +20,7 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         contract.check_resumable(resume_run_id, job, parent_run_id)
     profile = source.spec_at(job.prunes)
     try:  # every budget checked before any run
-        members = [scale_to_budget(profile, b) for b in job.budgets]
+        members = [scale_to_budget(profile, b, job.round_to) for b in job.budgets]
     except ValueError as err:
         raise StageError(str(err)) from None
     for member in members:
@@ -40,7 +40,8 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         tracking.log_params({"prune_run_id": source.run_id, "prunes": job.prunes,
                              "budgets": list(job.budgets), "budget": job.budget,
                              "max_epoch_factor": job.max_epoch_factor or "", "init": job.init,
-                             "profile": profile.to_json(), **vars(data), "seed": job.run.seed})
+                             "round_to": job.round_to, "profile": profile.to_json(),
+                             **vars(data), "seed": job.run.seed})
         mlflow.log_text(spec_json(profile), contract.PROFILE_ARCH)
         rows = []
         for params_budget, spec in zip(job.budgets, members):

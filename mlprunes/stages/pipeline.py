@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from mlprunes.arch import make_spec
 from mlprunes.errors import StageError
 from mlprunes.jobs import KEY_VERSION, Job, RunConfig
 from mlprunes.stages import compare, contract, evaluate, family, prune, scratch, tracking, train
@@ -71,7 +70,7 @@ class MlflowRunStore:
 
 
 def _base_spec(plan_: StudyPlan):
-    return make_spec(**plan_.arch, num_classes=dataset_classes(plan_.data))
+    return plan_.base_spec(dataset_classes(plan_.data))
 
 
 def dry_run(plan_: StudyPlan, run: RunConfig) -> list[PlannedStep]:

@@ -18,7 +18,7 @@ from mlprunes.engine.checkpoint import save_checkpoint
 from mlprunes.engine.trainer import Trainer, seed_everything
 from mlprunes.errors import StageError
 from mlprunes.signals import deferred
-from mlprunes.jobs import PruneJob
+from mlprunes.jobs import PruneJob, criterion_label
 from mlprunes.nets import build
 from mlprunes.pruning import Pruner, compress, make_saliency
 from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, prune_while_finetuning,
@@ -42,11 +42,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         base = contract.load_run_checkpoint(job.base_run_id, contract.FINAL, tmp / "base")
         spec = base["spec"]
         contract.check_logged_arch(base_run, spec, contract.FINAL)
-        limit = spec.prunable_channels - (spec.num_blocks if job.keep_one else 0)
-        if job.prunes > limit:
-            raise StageError(f"--prunes {job.prunes} is more than the {limit} channels that "
-                             f"{spec.name} can lose" + (" with --keep-one" if job.keep_one
-                                                        else ""))
+        check_prune_count(spec, job.prunes, job.keep_one, job.round_to)
         splits = load_splits(data)
         if splits.num_classes != spec.num_classes:
             raise StageError(f"{data.dataset} has {splits.num_classes} classes but the base "
@@ -63,11 +59,16 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         trainer = Trainer(model, recipe, loaders.train, precision=job.run.precision,
                           channels_last=job.run.channels_last, compile=job.run.compile,
                           progress=False, desc="prune")
-        pruner = Pruner(trainer.model, make_saliency(job.criterion, seed=job.run.seed),
-                        keep_one=job.keep_one)
-        name = job.run_name or f"prune-{job.criterion}-{spec.name}"
+        try:
+            pruner = Pruner(trainer.model, make_saliency(job.criterion, seed=job.run.seed),
+                            keep_one=job.keep_one, round_to=job.round_to,
+                            flops_penalty=job.flops_penalty, image_size=splits.image_size)
+        except ValueError as err:  # widths that are not multiples of --round-to
+            raise StageError(str(err)) from None
+        label = criterion_label(job.criterion, job.flops_penalty, job.round_to)
+        name = job.run_name or f"prune-{label}-{spec.name}"
         tags = {contract.TAG_BASE_RUN: job.base_run_id, contract.TAG_PRESET: preset,
-                contract.TAG_CRITERION: job.criterion}
+                contract.TAG_CRITERION: label}
         with contract.stage_run(job, name, tags, parent_run_id=parent_run_id,
                                 resume_run_id=resume_run_id) as run:
             run_id = run.info.run_id
@@ -80,13 +81,15 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                     "base_run_id": job.base_run_id, "criterion": job.criterion,
                     "prunes": job.prunes, "prune_every": job.prune_every,
                     "save_every": job.save_every, "val_every": job.val_every,
-                    "keep_one": job.keep_one, **recipe.to_dict(), **vars(data),
+                    "keep_one": job.keep_one, "round_to": job.round_to,
+                    "flops_penalty": job.flops_penalty, **recipe.to_dict(), **vars(data),
                     "seed": job.run.seed, "precision": job.run.precision, "preset": preset,
                     **contract.arch_params(spec), "device": job.run.device,
                     "compile": job.run.compile, "channels_last": job.run.channels_last,
                     "log_model": job.log_model})
                 mlflow.log_text(spec_json(spec), contract.ARCH)
-            say(f"[prune] {name}: {job.prunes} {job.criterion} prunes of {spec.name} "
+            each = f" of {job.round_to} channels" if job.round_to > 1 else ""
+            say(f"[prune] {name}: {job.prunes} {label} prunes{each} of {spec.name} "
                 f"({spec.prunable_channels} channels), {job.prune_every} steps each, "
                 f"run {run_id}")
 
@@ -110,6 +113,15 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                       train_macs=macs_before + finetune_macs(trainer, pruner,
                                                              splits.image_size))
             return run_id
+
+
+def check_prune_count(spec, prunes: int, keep_one: bool, round_to: int) -> None:
+    """Refuse more prunes than the network has channels to lose, before anything runs."""
+    limit = (spec.prunable_channels - (spec.num_blocks * round_to if keep_one else 0)) // round_to
+    if prunes > limit:
+        what = f"prunes of {round_to} channels" if round_to > 1 else "channels"
+        raise StageError(f"--prunes {prunes} is more than the {limit} {what} that "
+                         f"{spec.name} can lose" + (" with --keep-one" if keep_one else ""))
 
 
 def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: list[int],

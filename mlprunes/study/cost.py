@@ -146,7 +146,7 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
         spec, macs, _, prune = _source(job.prune_run_id, graph, specs)
         base = graph[prune.base_run_id.node].job
         if job.prunes is not None:
-            left = macs * (1 - job.prunes / spec.prunable_channels)
+            left = macs * (1 - job.prunes * prune.round_to / spec.prunable_channels)
         else:
             left = macs * job.params_budget / count_params(spec)
         specs[name] = (spec, left, True)

@@ -17,7 +17,8 @@ from mlprunes.counting import count_params
 from mlprunes.engine.recipes import Recipe
 from mlprunes.engine.recipes import preset as recipe_preset
 from mlprunes.jobs import (CompareJob, DataChoice, DataConfig, EvaluateJob, FamilyJob,
-                           PruneJob, RecipeChoice, RunConfig, ScratchJob, TrainJob)
+                           PruneJob, RecipeChoice, RunConfig, ScratchJob, TrainJob,
+                           criterion_label)
 from mlprunes.study.graph import Graph
 
 
@@ -35,6 +36,8 @@ class StudyPlan:
     prune_recipe: dict[str, Any] = field(default_factory=dict)   # fine-tuning: the same
     criteria: tuple[str, ...] = ("fisher", "l1-mean", "random")
     keep_one: bool = False
+    round_to: int = 1                          # every width a multiple of this, throughout
+    flops_penalty: float = 0.0                 # Theis et al.'s beta for the fisher criterion
     scratch_prunes: tuple[int, ...] = ()       # prune counts whose architectures train anew
     scratch_params_budgets: tuple[int, ...] = ()   # or the first architectures this small
     scratch_budgets: tuple[str, ...] = ("scratch-e",)
@@ -49,6 +52,10 @@ class StudyPlan:
     log_model: bool = True
     name: str = "study"
     description: str = ""
+
+    def base_spec(self, num_classes: int) -> ArchSpec:
+        """The base network: the [network] section, its widths rounded to `round_to`."""
+        return make_spec(**self.arch, num_classes=num_classes).rounded(self.round_to)
 
     @property
     def epochs(self) -> int:
@@ -99,8 +106,9 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
     prunes = {c: graph.add(f"prune-{c}{suffix}", PruneJob(
         base_run_id=base, criterion=c, prunes=plan.prunes, prune_every=plan.prune_every,
         save_every=plan.save_every, val_every=plan.val_every, keep_one=plan.keep_one,
+        round_to=plan.round_to, flops_penalty=plan.flops_penalty if c == "fisher" else 0.0,
         recipe=RecipeChoice(**plan.prune_recipe), data=located, run=run, log_model=log_model,
-        run_name=f"prune-{c}-{base_spec.name}{suffix}"))
+        run_name=f"prune-{_label(plan, c)}-{base_spec.name}{suffix}"))
         for c in plan.criteria}
     scratch = []
     sliced = "-sliced" if plan.init == "sliced" else ""
@@ -117,10 +125,12 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     init=plan.init,
                     data=located, run=run,
                     log_model=log_model,
-                    run_name=f"scratch{tag}-{c}-{base_spec.name}-{point}{sliced}{suffix}")))
+                    run_name=(f"scratch{tag}-{_label(plan, c)}-{base_spec.name}-{point}"
+                              f"{sliced}{suffix}"))))
     reduced = []
     for overrides in plan.baselines:
-        spec = make_spec(**{**plan.arch, **overrides}, num_classes=base_spec.num_classes)
+        spec = make_spec(**{**plan.arch, **overrides},
+                         num_classes=base_spec.num_classes).rounded(plan.round_to)
         label = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
                          for k, v in overrides.items())
         reduced.append(train(f"reduced-{label}", spec))
@@ -131,12 +141,19 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                         for f in plan.family_budgets)
         graph.add(f"family{suffix}", FamilyJob(
             prune_run_id=prunes[first], prunes=plan.prunes, budgets=budgets,
-            budget=plan.family_budget, init=plan.init, data=located, run=run,
+            budget=plan.family_budget, init=plan.init, round_to=plan.round_to, data=located,
+            run=run,
             log_model=log_model,
             max_epoch_factor=(plan.max_epoch_factor if plan.family_budget == "scratch-b"
                               else None),
-            run_name=f"family-{first}-{base_spec.name}-p{plan.prunes}{sliced}{suffix}"))
+            run_name=(f"family-{_label(plan, first)}-{base_spec.name}-p{plan.prunes}{sliced}"
+                      f"{suffix}")))
     return {"base": base, "pruned": prunes[first], "reduced": reduced}
+
+
+def _label(plan: StudyPlan, criterion: str) -> str:
+    return criterion_label(criterion, plan.flops_penalty if criterion == "fisher" else 0.0,
+                           plan.round_to)
 
 
 def _evaluations(graph: Graph, plan: StudyPlan, run: RunConfig, refs: dict[str, Any],

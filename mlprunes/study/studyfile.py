@@ -130,11 +130,12 @@ SCHEMA: dict[str, dict[str, Check]] = {
              "val_split": _number(0, high=0.9), "image_size": _integer(4, 8192),
              "shapes_train": _integer(2, 10 ** 7), "shapes_test": _integer(1, 10 ** 7),
              "data_seed": _integer(0, 2 ** 32 - 1)},
-    "network": NETWORK,
+    "network": {**NETWORK, "round_to": _integer(1, 1024)},
     "train": {**_RECIPE, "epochs": _integer(1, 100000)},
     "prune": {"criteria": _list_of(_one_of(CRITERIA), unique=True, empty=False),
               "prunes": _integer(1), "prune_every": _integer(1), "val_every": _integer(1),
-              "save_every": _integer(1), "keep_one": _boolean, **_RECIPE},
+              "save_every": _integer(1), "keep_one": _boolean,
+              "flops_penalty": _number(low=0), **_RECIPE},
     "scratch": {"prunes": _list_of(_integer(1), unique=True),
                 "params_budgets": _list_of(_integer(1), unique=True),
                 "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False),
@@ -154,7 +155,8 @@ _RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
 _REAL = {"data": ("val_split",), "network": ("width", "bottle"), "train": _RECIPE_REALS,
          "prune": _RECIPE_REALS, "baselines": ("widths", "bottles"), "family": (),
          "scratch": ("max_epoch_factor",)}
-_PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one")
+_PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one",
+                   "flops_penalty")
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -262,8 +264,9 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
                          if f.name in tree.get("data", {})})
     network = dict(tree["network"])
     network.setdefault("family", "wrn")
+    round_to = network.pop("round_to", 1)
     try:
-        base = make_spec(**network, num_classes=10)
+        base = make_spec(**network, num_classes=10).rounded(round_to)
     except (ArchError, TypeError, ValueError, OverflowError) as err:
         raise StageError(f"{source}: [network] is not a valid network: {err}") from None
     train = dict(tree.get("train", {}))
@@ -296,10 +299,14 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
             raise StageError(f"{source}: baseline {overrides} is not a valid network: {err}"
                              ) from None
     keep_one = schedule.get("keep_one", False)
-    limit = base.prunable_channels - (base.num_blocks if keep_one else 0)
+    limit = (base.prunable_channels - (base.num_blocks * round_to if keep_one else 0)) // round_to
     if prunes > limit:
-        raise StageError(f"{source}: prune.prunes = {prunes} is more than the {limit} channels "
+        what = f"prunes of {round_to} channels" if round_to > 1 else "channels"
+        raise StageError(f"{source}: prune.prunes = {prunes} is more than the {limit} {what} "
                          f"{base.name} can lose" + (" with keep_one" if keep_one else ""))
+    if schedule.get("flops_penalty") and "fisher" not in schedule.get("criteria", ("fisher",)):
+        raise StageError(f"{source}: prune.flops_penalty weighs Fisher's estimated loss "
+                         f"increase against FLOPs; the criteria have no fisher")
     for budget in tree.get("family", {}).get("budgets", []):
         if budget > 1 and budget != int(budget):
             raise StageError(f"{source}: family.budgets item {budget}: a fraction of the base "
@@ -319,6 +326,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         criteria=tuple(schedule.get("criteria", ("fisher", "l1-mean", "random"))), prunes=prunes,
         prune_every=schedule.get("prune_every", 100), val_every=schedule.get("val_every", 10),
         save_every=schedule.get("save_every", 100), keep_one=schedule.get("keep_one", False),
+        round_to=round_to, flops_penalty=float(schedule.get("flops_penalty", 0.0)),
         scratch_prunes=tuple(scratch.get("prunes", ())),
         scratch_params_budgets=tuple(scratch.get("params_budgets", ())),
         scratch_budgets=tuple(scratch.get("budgets", ("scratch-e",))),
@@ -354,6 +362,10 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
     }
     if plan.seeds is not None:
         tree["run"]["seeds"] = list(plan.seeds)
+    if plan.round_to != 1:
+        tree["network"]["round_to"] = plan.round_to
+    if plan.flops_penalty:
+        tree["prune"]["flops_penalty"] = plan.flops_penalty
     if plan.max_epoch_factor is not None:  # TOML has no null: absent means no cap
         tree["scratch"]["max_epoch_factor"] = plan.max_epoch_factor
     return tree
