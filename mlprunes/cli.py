@@ -4,6 +4,7 @@ and prints the run ID."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -239,6 +240,8 @@ def stage_command(fn):
                            f"continue from the last checkpoint", err=True)
                 sys.exit(128 + signum)
         if run_id is not None:
+            with contextlib.suppress(Exception):  # a pointer, never a reason to fail
+                click.echo(tracking.ui_hint(tracking.fetch_run(run_id)), err=True)
             click.echo(run_id)
     return wrapper
 

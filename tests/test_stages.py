@@ -39,8 +39,16 @@ def test_train_prune_scratch_chain_by_printed_run_ids(base_run, tmp_path):
     assert base.data.metrics["train_macs"] == 3 * base.data.metrics["flops"] * 192
     assert [m.step for m in client.get_metric_history(base_run, "train_loss")] == [1]
 
-    prune_id = cli(*prune_args(base_run)).run_id
+    result = cli(*prune_args(base_run))
+    prune_id = result.run_id
     prune = client.get_run(prune_id)
+    # Where to look, on stderr: the run's page, in model-training mode, and how to serve it.
+    link = (f"http://127.0.0.1:5000/#/experiments/{prune.info.experiment_id}/runs/{prune_id}"
+            f"?workflowType=machine_learning")
+    assert f"MLflow UI: {link}" in result.stderr
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stderr
+    assert MlflowClient().get_experiment(prune.info.experiment_id).tags[
+        "mlflow.experimentKind"] == "custom_model_development"
     assert prune.data.tags["mlprunes.stage"] == "prune"
     assert prune.data.tags["mlprunes.base_run_id"] == base_run
     assert prune.data.tags["mlflow.runName"] == "prune-fisher-wrn-10-1"
@@ -59,6 +67,14 @@ def test_train_prune_scratch_chain_by_printed_run_ids(base_run, tmp_path):
     spec = ArchSpec.from_json(read_artifact_text(prune_id, "arch.json", tmp_path))
     assert params[0] == count_params(spec) and params[-1] == count_params(spec_after(spec, history))
     assert [m.value for m in client.get_metric_history(prune_id, "channels_left")][-1] == 112 - 8
+    # What it made, at the end and at each checkpoint; how to read its steps.
+    final = spec_after(spec, history)
+    assert ArchSpec.from_json(read_artifact_text(prune_id, "final_arch.json", tmp_path)) == final
+    assert json.loads(prune.data.params["final_mids"]) == list(final.mids)
+    assert json.loads(prune.data.tags["mlprunes.final_mids"]) == list(final.mids)
+    widths = json.loads(read_artifact_text(prune_id, "checkpoint_widths.json", tmp_path))
+    assert widths == {"4": list(spec_after(spec, history[:4]).mids), "8": list(final.mids)}
+    assert "A step is one prune" in prune.data.tags["mlflow.note.content"]
 
     scratch_id = cli("scratch", "--prune-run-id", prune_id, "--prunes", "8", "--no-progress",
                      "--no-log-model").run_id
@@ -207,7 +223,12 @@ def test_the_logged_model_loads_and_matches_the_final_checkpoint(store, tmp_path
 
     args = [a for a in TINY_TRAIN if a != "--no-log-model"]
     run_id = cli(*args).run_id
-    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    # Named after its network, with its test metrics linked, so the Models page ranks it.
+    [found] = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
+                                          output_format="list")
+    assert found.name == "wrn-10-1"
+    assert {m.key for m in found.metrics} >= {"test_error", "params", "flops"}
+    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/wrn-10-1")
     path = mlflow.artifacts.download_artifacts(run_id=run_id,
                                                artifact_path="checkpoints/final.pt",
                                                dst_path=str(tmp_path))

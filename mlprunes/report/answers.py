@@ -273,3 +273,22 @@ def answer_metrics(answers: list[Answer]) -> dict[str, float]:
                 metrics[f"{stem}_low"] = c.difference.low
                 metrics[f"{stem}_high"] = c.difference.high
     return metrics
+
+
+def answers_markdown(answers: list[Answer]) -> str:
+    """The answers as a run description (markdown): each question, its verdicts counted, and
+    each comparison's difference with its interval."""
+    lines = []
+    for a in answers:
+        lines.append(f"{a.question}. **{a.text}** {a.summary}.")
+        for c in a.comparisons:
+            at = f" at {c.at_params:,.0f} params" if c.at_params else ""
+            d = c.difference
+            if d is not None and d.has_interval:
+                figure = f"{d.value:+.2f} {c.unit} [{d.low:+.2f}, {d.high:+.2f}], n={d.n}: "
+            elif d is not None:
+                figure = f"{d.value:+.2f} {c.unit}, n={d.n}: "
+            else:
+                figure = ""
+            lines.append(f"   - {c.title}{at}: {figure}{c.verdict}")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchError, ArchSpec
-from mlprunes.report.answers import answer_all, answer_metrics
+from mlprunes.report.answers import answer_all, answer_metrics, answers_markdown
 from mlprunes.report.html import render
 from mlprunes.report.plots import draw_all
 from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
@@ -215,9 +215,21 @@ def run(job: CompareJob, parent_run_id: str | None = None,
             (tmp / "report.html").write_text(render(records, plots, title, subtitle, answers))
             mlflow.log_artifact(str(tmp / "report.html"))
         mlflow.log_metrics({"runs": len(records), **answer_metrics(answers)})
+        tracking.describe_run(description(run, len(records), job, answers))
         for answer in answers:
             say(f"[compare] Q{answer.question}: {answer.summary}")
         return run.info.run_id
+
+
+def description(run, compared: int, job: CompareJob, answers) -> str:
+    """The compare run's description: what it compared, where the report is, the answers."""
+    source = (f"the study of pipeline run `{job.parent_run_id}`" if job.parent_run_id
+              else f"{compared} finished runs")
+    return (f"Compares {source} ({compared} runs). **Report:** "
+            f"[report.html]({tracking.ui_link(run, 'report.html')}) (Artifacts tab), with "
+            f"plots, `answers.json`, `runs.csv` and `configurations.csv` beside it.\n\n"
+            f"**Answers** (difference first - second, 95% CI, n seeds):\n\n"
+            f"{answers_markdown(answers)}\n")
 
 
 def _plain(value):

@@ -68,7 +68,9 @@ def _train_member(member, spec, source, job: FamilyJob, data, name: str,
                   family_id: str) -> str:
     prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=member.stage,
-                                       max_epoch_factor=job.max_epoch_factor, init=job.init))
+                                       max_epoch_factor=job.max_epoch_factor, init=job.init,
+                                       model_name=(f"{source.spec.name}-{source.criterion}-"
+                                                   f"family-{member.params_budget}")))
     preset = contract.preset_of(source.base_run)
     size = data.image_size or 32
     params = {"preset": preset, "prune_run_id": source.run_id, "prunes": job.prunes,

@@ -133,6 +133,10 @@ def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None,
                              **study_params(plan_)})
         mlflow.log_text(study_toml(plan_), contract.STUDY_FILE)
         say(f"[pipeline] {name}: {plan_.description}; run {parent_id}")
+        if MlflowClient().get_experiment(parent.info.experiment_id).name == "Default":
+            say("[pipeline] this study is going into the experiment 'Default' (`mlflow run` "
+                "without --experiment-name); `mlflow run . --experiment-name mlprunes ...` "
+                "keeps it with the other mlprunes runs")
         _warn_about_old_keys(parent.info.experiment_id)
         graph = study_graph(plan_, name, run, base_spec, pipeline_run_id=parent_id)
         used: list[Step] = []
@@ -175,6 +179,28 @@ def _log_summary(used: list[Step], failures: Sequence[Failure] = ()) -> None:
         mlflow.set_tag(contract.TAG_COMPARE_RUN, compare_id)
         say(f"[pipeline] done: {len(used)} steps, {len(reused)} reused; compare run "
             f"{compare_id}")
+    tracking.describe_run(description(used, failures, compare_id))
+
+
+def description(used: list[Step], failures: Sequence[Failure], compare_id: str | None) -> str:
+    """The pipeline run's description: what ran, what it found, where the report is."""
+    study = tracking.fetch_run(mlflow.active_run().info.run_id).data.params.get("preset", "")
+    fresh = sum(s.how == NEW for s in used)
+    lines = [f"Study **{study}**: {len(used)} steps ({fresh} new, "
+             f"{sum(s.how == REUSED for s in used)} reused, "
+             f"{sum(s.how == RESUMED for s in used)} resumed); the runs are this run's "
+             f"children, the plan is `study.toml` and the steps `pipeline_runs.csv`."]
+    if failures:
+        lines.append(f"\n**{len(failures)} job(s) failed or were skipped**: "
+                     + ", ".join(f"`{f.node}` ({f.how})" for f in failures))
+    if compare_id is not None:
+        compare = tracking.fetch_run(compare_id)
+        lines.append(f"\n**Report:** [report.html]({tracking.ui_link(compare, 'report.html')}) "
+                     f"on the compare run [{compare_id}]({tracking.ui_link(compare)}).")
+        answers = compare.data.tags.get(tracking.NOTE, "").partition("**Answers**")[2]
+        if answers:
+            lines.append(f"\n**Answers**{answers}")
+    return "\n".join(lines)
 
 
 def _warn_about_old_keys(experiment_id: str) -> None:

@@ -14,13 +14,14 @@ from typing import Any
 
 import mlflow
 
+from mlprunes.arch import ArchSpec
 from mlprunes.engine.checkpoint import save_checkpoint
 from mlprunes.engine.trainer import Trainer, seed_everything
 from mlprunes.errors import StageError
 from mlprunes.signals import deferred
 from mlprunes.jobs import PruneJob, criterion_label
 from mlprunes.nets import build
-from mlprunes.pruning import Pruner, compress, make_saliency
+from mlprunes.pruning import Pruner, compress, make_saliency, spec_after
 from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, prune_while_finetuning,
                                    restore)
 from mlprunes.stages import contract, kept, tracking
@@ -76,6 +77,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
             if resume_run_id is not None:
                 start, curve = _resume(run_id, trainer, pruner, tmp)
                 logged_through = tracking.last_logged_step(run_id, "val_error")
+            tracking.describe_run(description(job, spec, label))
             if start == 0:  # params already on a resumed run are left as they are
                 tracking.log_params({
                     "base_run_id": job.base_run_id, "criterion": job.criterion,
@@ -101,15 +103,20 @@ def run(job: PruneJob, parent_run_id: str | None = None,
 
             def log_checkpoint(prunes: int, checkpoint: dict[str, Any]) -> None:
                 _log_saved(run_id, prunes, checkpoint, pruner.history,
-                           checkpoint["meta"]["curve"])
+                           checkpoint["meta"]["curve"], job)
 
             prune_while_finetuning(trainer, pruner, job.schedule, loaders.eval,
                                    splits.image_size, start=start, curve=curve,
                                    macs_before=macs_before, on_point=[log_point],
                                    on_save=[log_checkpoint], test_loader=loaders.test,
                                    progress=job.run.progress)
+            final = spec_after(spec, pruner.history)
+            mlflow.log_text(spec_json(final), contract.FINAL_ARCH)
+            tracking.log_params({"final_mids": list(final.mids)})
+            mlflow.set_tag(contract.TAG_FINAL_MIDS, json.dumps(list(final.mids)))
             log_final(compress(trainer.model), trainer.amp_dtype, loaders, splits.image_size,
                       tmp, job.log_model, step=job.prunes,
+                      model_name=f"{spec.name}-{label}-p{job.prunes}",
                       train_macs=macs_before + finetune_macs(trainer, pruner,
                                                              splits.image_size))
             return run_id
@@ -124,8 +131,26 @@ def check_prune_count(spec, prunes: int, keep_one: bool, round_to: int) -> None:
                          f"{spec.name} can lose" + (" with --keep-one" if keep_one else ""))
 
 
+def description(job: PruneJob, spec, label: str) -> str:
+    """The prune run's description: what it does, and how to read its charts."""
+    each = f"{job.round_to} channels of one block" if job.round_to > 1 else "one channel"
+    return (f"Prunes {spec.name} ({spec.prunable_channels} channels) by **{label}**, "
+            f"{job.prunes} times, fine-tuning {job.prune_every} steps before each prune.\n\n"
+            f"**A step is one prune** ({each}): every metric at step n describes the network "
+            f"after n prunes (`params`, `flops`, `channels_left`, `val_error`; `test_error` at "
+            f"each saved checkpoint). `final_arch.json` and the param `final_mids` give the "
+            f"network it ends with, `checkpoint_widths.json` the middle widths at every "
+            f"saved checkpoint, `prune_history.json` the channels in the order they went.")
+
+
+def checkpoint_widths(spec, history: list[int], prunes: int, job: PruneJob) -> dict[str, list]:
+    """The middle widths at every checkpoint saved up to `prunes` prunes."""
+    saved = [p for p in range(1, prunes + 1) if job.schedule.saves_at(p)]
+    return {str(p): list(spec_after(spec, history[:p * job.round_to]).mids) for p in saved}
+
+
 def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: list[int],
-               curve: list[dict[str, Any]]) -> None:
+               curve: list[dict[str, Any]], job: PruneJob) -> None:
     """A masked checkpoint, and the history and curve so far (overwritten at each save), all
     written before a stop signal takes effect. The newest checkpoint is also kept on this
     machine, in case the store is lost before it takes the upload."""
@@ -136,6 +161,8 @@ def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: li
         kept.uploaded(path)
         kept.keep_only(path)
         mlflow.log_text(json.dumps(history), contract.PRUNE_HISTORY)
+        mlflow.log_text(json.dumps(checkpoint_widths(ArchSpec.from_json(checkpoint["arch"]), history, prunes, job),
+                                   indent=1), contract.CHECKPOINT_WIDTHS)
         tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
 
 

@@ -24,7 +24,10 @@ def run(job: ScratchJob, parent_run_id: str | None = None,
     data = job.data.over(contract.data_of(source.prune_run))
     prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=job.stage, max_epoch_factor=job.max_epoch_factor,
-                                       init=job.init))
+                                       init=job.init, model_name=(
+                                           f"{source.spec.name}-{source.criterion}-p{prunes}-"
+                                           f"{job.budget}" + ("-sliced" if job.init == "sliced"
+                                                              else ""))))
     name = job.run_name or (f"scratch-{source.criterion}-{source.spec.name}-p{prunes}"
                             + ("-sliced" if job.init == "sliced" else ""))
     size = data.image_size or 32

@@ -229,6 +229,58 @@ def set_experiment(name: str):
         return mlflow.set_experiment(name)
 
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+_kinds_marked: set[tuple[str, str]] = set()
+
+
+def mark_experiment_kind(experiment_id: str) -> None:
+    """Tag the experiment as model training (`custom_model_development`), so that MLflow
+    versions that read the tag open it in that mode, not GenAI's; a kind someone chose is
+    left alone. (MLflow 3.17 goes by the URL's workflowType instead: see `ui_link`.)"""
+    marked = (mlflow.get_tracking_uri(), experiment_id)
+    if marked in _kinds_marked:
+        return
+    client = MlflowClient()
+    if EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    _kinds_marked.add(marked)
+
+
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
+def ui_link(run: Run, artifact: str = "") -> str:
+    """The run's page in the MLflow UI (or one of its artifacts), opened in model-training mode
+    (MLflow 3.17 opens every experiment as GenAI unless the URL says
+    `workflowType=machine_learning`): on the tracking server for a remote store, on what
+    `mlflow ui` serves by default for a local one."""
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
+    path = f"/artifacts/{artifact}" if artifact else ""
+    return (f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{path}"
+            f"?workflowType=machine_learning")
+
+
+NOTE = "mlflow.note.content"   # the run's Description in the UI (markdown)
+
+
+def describe_run(text: str, run_id: str | None = None) -> None:
+    """Set a run's description (the active run's by default)."""
+    if run_id is None:
+        mlflow.set_tag(NOTE, text)
+    else:
+        MlflowClient().set_tag(run_id, NOTE, text)
+
+
+def ui_hint(run: Run) -> str:
+    """The line a command prints at its end: where to look at its run."""
+    uri = tracking_uri()
+    line = f"MLflow UI: {ui_link(run)}"
+    if not uri.startswith(("http://", "https://")):
+        line += f"\n  (serve this store first: mlflow ui --backend-store-uri {absolute_uri(uri)})"
+    return line
+
+
 def param_value(value: Any) -> str:
     """The one string form of a param, so that equal settings compare equal when searched."""
     if isinstance(value, bool):
@@ -275,6 +327,7 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
                                tags=all_tags)
     with run:
         mlflow.set_tags(all_tags)
+        mark_experiment_kind(run.info.experiment_id)
         try:
             yield run
         except BaseException as err:

@@ -10,6 +10,8 @@ the test metrics, the final checkpoint and the logged model.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ class Training:
     checkpoint_every: int = 1
     log_model: bool = True
     init: str = "fresh"        # fresh: build(spec); sliced: a full-network init, cut to spec
+    model_name: str = ""       # the logged model's name [the network's]
 
 
 @dataclass
@@ -143,50 +146,66 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
         spent = training_macs(count(t.spec, image_size).flops,
                               trainer.position.step * t.recipe.batch_size)
         return log_final(trainer.model, trainer.amp_dtype, loaders, image_size, tmp,
-                         t.log_model, step=trainer.position.epoch, train_macs=spent)
+                         t.log_model, step=trainer.position.epoch, train_macs=spent,
+                         model_name=t.model_name or network_model_name(t.spec))
 
 
 def log_final(model: torch.nn.Module, amp_dtype, loaders: Loaders, image_size, tmp: Path,
-              log_model: bool, step: int, train_macs: float) -> dict[str, float]:
-    """Test metrics, sizes, training cost, the final checkpoint and the logged model."""
+              log_model: bool, step: int, train_macs: float,
+              model_name: str = "model") -> dict[str, float]:
+    """Test metrics, sizes, training cost, the final checkpoint and the logged model (named
+    `model_name`, its metrics linked to it, so that the Models page lists and ranks it)."""
     result = evaluate(model, loaders.test, amp_dtype)
     metrics = {"test_error": result["error"], "test_top5_error": result["top5_error"],
                "test_loss": result["loss"], "train_macs": train_macs,
                **size_metrics(model.spec, image_size)}
-    mlflow.log_metrics(metrics, step=step)
     checkpoint = make_checkpoint(model, meta={"test_error": result["error"]})
     with deferred():
         path = save_checkpoint(checkpoint, tmp / Path(contract.FINAL).name)
         mlflow.log_artifact(str(path), contract.CHECKPOINTS)
-    if log_model:
-        log_network(model, image_size)
+    model_id = log_network(model, image_size, model_name) if log_model else None
+    mlflow.log_metrics(metrics, step=step, model_id=model_id)
     say(f"test error {result['error']:.2f}% (top-5 {result['top5_error']:.2f}%), "
         f"{metrics['params']:,.0f} params, {metrics['flops']:,.0f} MACs")
     return metrics
 
 
-def log_network(model: torch.nn.Module, image_size) -> None:
-    """The final network as an MLflow model, with an input example (batch 2: a batch-1 example
-    would freeze the exported batch size)."""
+def model_name(text: str) -> str:
+    """`text` as a logged model's name: MLflow refuses / : . % and quotes in one."""
+    return re.sub(r"[/:.%\"'\s]", "_", text)
+
+
+def network_model_name(spec: ArchSpec) -> str:
+    """A trained network's model name: its name, and its channel count when its widths are
+    not the family's own (a bottleneck, rounded widths)."""
+    custom = spec.mids != spec.full_mids()
+    return model_name(spec.name + (f"-c{spec.prunable_channels}" if custom else ""))
+
+
+def log_network(model: torch.nn.Module, image_size, name: str = "model") -> str:
+    """The final network as an MLflow model named `name`, with an input example (batch 2: a
+    batch-1 example would freeze the exported batch size); returns its model ID."""
     import mlflow.pytorch
 
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     example = np.zeros((2, 3, *image_size), dtype=np.float32)
-    mlflow.pytorch.log_model(model, name="model", input_example=example,
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                               "mlprunes"])
+    info = mlflow.pytorch.log_model(model, name=model_name(name), input_example=example,
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                      "mlprunes"])
+    return info.model_id
 
 
 def pruned_training(source: PrunedSource, spec: ArchSpec, budget: str, data: DataConfig,
                     run: RunConfig, log_model: bool, label: str,
-                    max_epoch_factor: float | None = None, init: str = "fresh") -> Training:
+                    max_epoch_factor: float | None = None, init: str = "fresh",
+                    model_name: str = "") -> Training:
     """How to train a network derived from a prune run on `data` (the prune run's, read from
     where it lives now): its base run's recipe, with the epochs the budget gives."""
     recipe = contract.recipe_of(source.base_run)
     size = data.image_size or 32
     factor = epoch_factor(source.spec, spec, budget, (size, size), max_epoch_factor)
     return Training(spec, replace(recipe, epochs=scratch_epochs(recipe.epochs, factor)), data,
-                    run, label=label, log_model=log_model, init=init)
+                    run, label=label, log_model=log_model, init=init, model_name=model_name)
 
 
 def epoch_factor(base_spec: ArchSpec, spec: ArchSpec, budget: str, image_size,
