@@ -11,6 +11,7 @@ import math
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -423,6 +424,34 @@ def evaluate(run_id, prunes, match_run_id, batch_size, repeats, run: RunConfig, 
     job = EvaluateJob(run_id=run_id, prunes=prunes, match_run_id=match_run_id or None,
                       batch_size=batch_size, repeats=repeats, run=run, run_name=run_name)
     return stage.run(job)
+
+
+@main.command()
+@click.option("--run-id", required=True, help="A train, prune, scratch or family member run.")
+@click.option("--prunes", type=int, default=None,
+              help="For a prune run: the network at its checkpoint after N prunes [default: "
+                   "its last checkpoint].")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2", "torchscript"]),
+              required=True, help="onnx (needs the onnx extra), pt2 (torch.export) or "
+                                  "torchscript (traced).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The file to write.")
+@click.option("--log-artifact/--no-log-artifact", default=False, show_default=True,
+              help="Also log the file on the run, under exports/.")
+@stage_command
+def export(run_id, prunes, fmt, out, log_artifact):
+    """Write a run's network, compressed, as ONNX, pt2 or TorchScript, checked against it.
+
+    The file is run on a batch beside the masked network it came from; if their outputs
+    differ, it is deleted and the command fails. The path is the last line of stdout.
+
+    \b
+    Example:
+      mlprunes export --run-id $PRUNE --prunes 900 --format onnx --out wrn-p900.onnx
+    """
+    from mlprunes.stages import export as stage
+
+    click.echo(stage.run(run_id, prunes, fmt, out, log_artifact))
 
 
 @main.command()

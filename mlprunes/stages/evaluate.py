@@ -53,7 +53,7 @@ def nearest_in_size(counts: list[int], params_at: dict[int, float], params: floa
     return min(sized, key=lambda c: abs(math.log(params_at[c] / params)))
 
 
-def _network(run_id: str, artifact: str, source, device, tmp):
+def load_network(run_id: str, artifact: str, source, device, tmp):
     """The masked network of a run's checkpoint (a trained network with every mask on: what
     pruning would start from)."""
     checkpoint = contract.load_run_checkpoint(run_id, artifact, tmp)
@@ -88,10 +88,10 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
     loaders = make_loaders(splits, job.batch_size, job.run)
     device = loaders.test.device
     with tracking.scratch_dir("evaluate") as tmp:
-        masked = _network(job.run_id, artifact, source, device, tmp / "source")
+        masked = load_network(job.run_id, artifact, source, device, tmp / "source")
         networks = {"masked": masked, "compressed": compress(masked).eval()}
         if matched_run is not None:
-            networks["matched"] = compress(_network(job.match_run_id, contract.FINAL,
+            networks["matched"] = compress(load_network(job.match_run_id, contract.FINAL,
                                                     matched_run, device, tmp / "matched")).eval()
     compact = networks["compressed"]
     result = evaluate(compact, loaders.test, autocast_dtype(job.run.precision, device))
