@@ -129,11 +129,16 @@ def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_p
     metrics = client.get_run(eval_id).data.metrics
     assert client.get_run(eval_id).data.tags["mlprunes.source_run_id"] == prune_id
     for key in ("test_error", "params", "flops", "latency_masked_b1_ms",
-                "latency_compressed_b1_ms", "latency_masked_b8_ms", "speedup_b8"):
+                "latency_compressed_b1_ms", "latency_masked_b8_ms", "speedup_b8",
+                "latency_onnx_b1_ms", "latency_onnx_b8_ms", "onnx_speedup_b8"):
         assert metrics[key] > 0, key
     assert metrics["params"] == count_params(spec_after(spec, history))
 
     compare_id = cli("compare").run_id
+    compare = client.get_run(compare_id)
+    note = compare.data.tags["mlflow.note.content"]
+    assert f"runs/{compare_id}/artifacts/report.html?workflowType=machine_learning" in note
+    assert "**Answers**" in note and "1. **" in note
     table = read_csv(read_artifact_text(compare_id, "runs.csv", tmp_path))
     by_id = {r["run_id"]: r for r in table}
     finished = [r for r in all_runs() if r.info.status == "FINISHED"

@@ -8,6 +8,7 @@ Formats: `onnx` (opset of the dynamo exporter, batch size free; checked in ONNX 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -53,12 +54,22 @@ def export_network(model: nn.Module, fmt: str, path: str | Path, example: torch.
     return path
 
 
-def load_exported(fmt: str, path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The exported network as a function of a CPU batch, run by the format's own runtime."""
+def onnx_available() -> bool:
+    """Whether the onnx extra is installed (export and ONNX Runtime)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnxscript"))
+
+
+def load_exported(fmt: str, path: str | Path,
+                  threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported network as a function of a CPU batch, run by the format's own runtime
+    (ONNX Runtime with `threads` intra-op threads: as many as torch uses, by default, so that
+    timings compare like with like)."""
     path = str(path)
     if fmt == "onnx":
         ort = _require("onnxruntime", "running an ONNX export")
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
     if fmt == "pt2":

@@ -71,10 +71,12 @@ def time_calls(fns: Mapping[str, Callable[[], object]], device: torch.device,
 @torch.no_grad()
 def measure_latencies(models: Mapping[str, nn.Module], batch_size: int = 1,
                       image_size: int = 32, repeats: int = 20, warmup: int = 3,
-                      memory_format: torch.memory_format = torch.contiguous_format
+                      memory_format: torch.memory_format = torch.contiguous_format,
+                      others: Mapping[str, Callable[[torch.Tensor], object]] | None = None
                       ) -> dict[str, Latency]:
     """Eval-mode forward passes of one batch of random images through each model (all on one
-    device), timed in turn."""
+    device), timed in turn; `others` are other runtimes (ONNX Runtime) called with the same
+    batch, timed in the same rounds."""
     param = next(next(iter(models.values())).parameters())
     x = torch.randn(batch_size, 3, image_size, image_size, device=param.device,
                     dtype=param.dtype).contiguous(memory_format=memory_format)
@@ -82,8 +84,9 @@ def measure_latencies(models: Mapping[str, nn.Module], batch_size: int = 1,
     for model in models.values():
         model.eval()
     try:
-        return time_calls({name: (lambda m=model: m(x)) for name, model in models.items()},
-                          param.device, repeats, warmup)
+        fns = {name: (lambda m=model: m(x)) for name, model in models.items()}
+        fns.update({name: (lambda f=fn: f(x)) for name, fn in (others or {}).items()})
+        return time_calls(fns, param.device, repeats, warmup)
     finally:
         for name, model in models.items():
             model.train(modes[name])

@@ -11,6 +11,7 @@ import torch
 from mlprunes.counting import size_metrics
 from mlprunes.engine.checkpoint import CheckpointError, model_from_checkpoint
 from mlprunes.engine.evaluate import evaluate
+from mlprunes.engine.export import export_network, load_exported, onnx_available
 from mlprunes.engine.latency import MAX_SPREAD, measure_latencies
 from mlprunes.engine.trainer import autocast_dtype
 from mlprunes.errors import StageError
@@ -101,11 +102,19 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
     if matched_run is not None:
         metrics["matched_params"] = size_metrics(networks["matched"].spec, size)["params"]
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    others = {}
+    if device.type == "cpu" and onnx_available():
+        with tracking.scratch_dir("evaluate-onnx") as tmp:
+            path = export_network(compact, "onnx", tmp / "compressed.onnx",
+                                  torch.zeros(2, 3, *size))
+            others["onnx"] = load_exported("onnx", path)
+    elif device.type == "cpu":
+        say("[evaluate] ONNX Runtime latency not measured: pip install 'mlprunes[onnx]'")
     unsteady = []
     for bs in sorted({1, job.batch_size}):
         # In turn, round after round: a busy moment slows every network alike.
         timed = measure_latencies(networks, bs, size[0], repeats=job.repeats,
-                                  memory_format=fmt)
+                                  memory_format=fmt, others=others)
         worst = max(timed.values(), key=lambda t: t.spread)
         if not worst.steady:  # a busy machine: no figure rather than a wrong one
             unsteady.append(f"batch {bs} (spread {100 * worst.spread:.0f}%)")
@@ -114,6 +123,8 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
             metrics[f"latency_{label}_b{bs}_ms"] = latency.median * 1e3
             metrics[f"latency_{label}_b{bs}_spread"] = 100 * latency.spread
         metrics[f"speedup_b{bs}"] = timed["masked"].median / timed["compressed"].median
+        if "onnx" in timed:  # the compressed network in ONNX Runtime against eager PyTorch
+            metrics[f"onnx_speedup_b{bs}"] = timed["compressed"].median / timed["onnx"].median
     name = job.run_name or f"evaluate-{source.data.tags.get('mlflow.runName', job.run_id)}"
     tags = {contract.TAG_SOURCE_RUN: job.run_id, contract.TAG_SOURCE_STAGE: stage}
     if matched_run is not None:
