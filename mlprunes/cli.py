@@ -460,15 +460,19 @@ def export(run_id, prunes, fmt, out, log_artifact):
                    "experiment `mlflow run` chose].")
 @click.option("--run-ids", default=None, help="Or: these runs (comma-separated).")
 @click.option("--parent-run-id", default=None, help="Or: the runs of this pipeline run.")
+@click.option("--register", "register_as", default=None, metavar="NAME",
+              help="Register the networks on the Pareto front of parameters and test error "
+                   "in the Model Registry as versions of NAME, with aliases by size "
+                   "(params-23k), smallest and most-accurate.")
 @run_name_option
 @stage_command
-def compare(experiment, run_ids, parent_run_id, run_name):
+def compare(experiment, run_ids, parent_run_id, register_as, run_name):
     """Gather a study's finished runs into one table (and plots) as a compare run."""
     from mlprunes.stages import compare as stage
 
     ids = tuple(r.strip() for r in (run_ids or "").split(",") if r.strip())
     job = CompareJob(experiment=experiment, run_ids=ids, parent_run_id=parent_run_id,
-                     run_name=run_name)
+                     register=register_as, run_name=run_name)
     return stage.run(job)
 
 

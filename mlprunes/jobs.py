@@ -391,11 +391,14 @@ class CompareJob(Job):
     experiment: str | None = None             # compare this experiment's runs [the current],
     run_ids: tuple[RunRef, ...] = _input(())  # or these runs,
     parent_run_id: str | None = None          # or those a pipeline run lists
+    register: str | None = None               # a registered model for the Pareto front
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_ids", tuple(self.run_ids))
+        if self.register is not None and not self.register.strip():
+            raise StageError("--register needs a model name")
 
 
 def criterion_label(criterion: str, flops_penalty: float = 0.0, round_to: int = 1) -> str:

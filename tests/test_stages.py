@@ -273,3 +273,39 @@ def test_round_to_and_flops_penalty_through_prune_scratch_and_family(base_run, t
     members = read_csv(read_artifact_text(family_id, "family.csv", tmp_path))
     widths = json.loads(members[0]["mids"])
     assert all(w % 8 == 0 for w in widths) and int(members[0]["params"]) <= 40000
+
+
+def test_compare_registers_the_pareto_front_with_aliases_by_size(store):
+    """A base network, its pruned child and a smaller network trained on its own: the
+    registered versions are exactly the runs no other run beats in both size and error."""
+    import torch
+
+    logged = [a for a in TINY_TRAIN if a != "--no-log-model"]
+    base = cli(*logged).run_id
+    pruned = cli("prune", "--base-run-id", base, "--prunes", "40", "--prune-every", "1",
+                 "--save-every", "40", "--no-progress").run_id
+    smaller = list(logged)
+    smaller[smaller.index("--width") + 1] = "0.5"
+    cli(*smaller).run_id
+    client = MlflowClient()
+    networks = [r for r in all_runs() if r.data.tags.get("mlprunes.stage") in ("train", "prune")]
+    points = {r.info.run_id: (r.data.metrics["params"], r.data.metrics["test_error"])
+              for r in networks}
+    front = {i for i, (p, e) in points.items()
+             if not any(q <= p and f <= e and (q, f) != (p, e) for q, f in points.values())}
+    assert pruned in points and len(points) == 3
+
+    result = cli("compare", "--register", "tiny-front")
+    versions = client.search_model_versions("name = 'tiny-front'")
+    assert {v.run_id for v in versions} == front
+    model = client.get_registered_model("tiny-front")
+    smallest = min(front, key=lambda i: points[i][0])
+    accurate = min(front, key=lambda i: points[i][1])
+    by_version = {v.version: v.run_id for v in versions}
+    assert by_version[model.aliases["smallest"]] == smallest
+    assert by_version[model.aliases["most-accurate"]] == accurate
+    assert all(f"params-{points[i][0] / 1e3:.0f}k" in model.aliases for i in front)
+    net = mlflow.pytorch.load_model("models:/tiny-front@smallest")   # by alias, as users will
+    assert net(torch.randn(2, 3, 8, 8)).shape[0] == 2
+    note = client.get_run(result.run_id).data.tags["mlflow.note.content"]
+    assert "**Registered** as `tiny-front`" in note

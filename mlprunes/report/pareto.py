@@ -12,3 +12,26 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
         if not front or y < front[-1][1]:
             front.append((x, y))
     return front
+
+
+NETWORK_STAGES = ("train", "prune", "scratch", "family-member")   # runs that end in a network
+
+
+def pareto_runs(records):
+    """The runs whose final networks are on the (parameters, test error) front, smallest
+    first: for each, no other network is both smaller and more accurate."""
+    candidates = [r for r in records if r.stage in NETWORK_STAGES
+                  and r.params is not None and r.test_error is not None]
+    front, best = [], float("inf")
+    for r in sorted(candidates, key=lambda r: (r.params, r.test_error, r.start_time)):
+        if r.test_error < best:
+            front.append(r)
+            best = r.test_error
+    return front
+
+
+def size_alias(params: float) -> str:
+    """A registry alias naming a network by its size: `params-23k`, `params-1_2m`."""
+    if params >= 1e6:
+        return f"params-{params / 1e6:.1f}m".replace(".", "_")
+    return f"params-{params / 1e3:.0f}k"

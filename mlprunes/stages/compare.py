@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from mlprunes.arch import ArchError, ArchSpec
 from mlprunes.report.answers import answer_all, answer_metrics, answers_markdown
 from mlprunes.report.html import render
+from mlprunes.report.pareto import pareto_runs, size_alias
 from mlprunes.report.plots import draw_all
 from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
 from mlprunes.report.table import CONFIG_COLUMNS, configurations, rows, write_csv
@@ -193,6 +194,7 @@ def run(job: CompareJob, parent_run_id: str | None = None,
         raise StageError("no finished mlprunes runs to compare")
     records = build_records(runs)
     answers = answer_all(records)
+    front = front_models(job.register, records) if job.register else []
     tags = {contract.TAG_COMPARED_RUNS: str(len(records))}
     if job.parent_run_id:
         tags[contract.TAG_STUDY_PARENT] = job.parent_run_id
@@ -215,21 +217,65 @@ def run(job: CompareJob, parent_run_id: str | None = None,
             (tmp / "report.html").write_text(render(records, plots, title, subtitle, answers))
             mlflow.log_artifact(str(tmp / "report.html"))
         mlflow.log_metrics({"runs": len(records), **answer_metrics(answers)})
-        tracking.describe_run(description(run, len(records), job, answers))
+        registered = register(job.register, front) if front else []
+        tracking.describe_run(description(run, len(records), job, answers, registered))
         for answer in answers:
             say(f"[compare] Q{answer.question}: {answer.summary}")
         return run.info.run_id
 
 
-def description(run, compared: int, job: CompareJob, answers) -> str:
+def front_models(name: str, records) -> list[tuple[RunRecord, str]]:
+    """The Pareto-front networks (smallest first) with the ID of each one's logged model;
+    an error, before any run, if none has one."""
+    found = []
+    for record in pareto_runs(records):
+        models = mlflow.search_logged_models(
+            filter_string=f"source_run_id = '{record.run_id}'", output_format="list")
+        if models:
+            found.append((record, models[0].model_id))
+        else:
+            say(f"[compare] {record.name} is on the front but logged no model (--no-log-model);"
+                f" it is not registered")
+    if not found:
+        raise StageError(f"--register {name}: no network on the Pareto front of parameters and "
+                         f"test error has a logged model (its runs were made with "
+                         f"--no-log-model)")
+    return found
+
+
+def register(name: str, front: list[tuple[RunRecord, str]]) -> list[str]:
+    """Register the front's logged models as versions of `name`, each with an alias by its
+    size (`params-23k`), the smallest `smallest` and the most accurate `most-accurate`; return
+    one line per version."""
+    client = MlflowClient()
+    lines = []
+    for i, (record, model_id) in enumerate(front):
+        version = mlflow.register_model(f"models:/{model_id}", name).version
+        aliases = [size_alias(record.params)]
+        aliases += ["smallest"] if i == 0 else []
+        aliases += ["most-accurate"] if i == len(front) - 1 else []
+        for alias in aliases:
+            client.set_registered_model_alias(name, alias, version)
+        lines.append(f"version {version} ({', '.join(aliases)}): {record.name}, "
+                     f"{record.params:,.0f} params, {record.test_error:.2f}% test error")
+        say(f"[compare] registered {name} {lines[-1]}")
+    return lines
+
+
+def description(run, compared: int, job: CompareJob, answers,
+                registered: list[str] = ()) -> str:
     """The compare run's description: what it compared, where the report is, the answers."""
     source = (f"the study of pipeline run `{job.parent_run_id}`" if job.parent_run_id
               else f"{compared} finished runs")
-    return (f"Compares {source} ({compared} runs). **Report:** "
+    text = (f"Compares {source} ({compared} runs). **Report:** "
             f"[report.html]({tracking.ui_link(run, 'report.html')}) (Artifacts tab), with "
             f"plots, `answers.json`, `runs.csv` and `configurations.csv` beside it.\n\n"
             f"**Answers** (difference first - second, 95% CI, n seeds):\n\n"
             f"{answers_markdown(answers)}\n")
+    if registered:
+        text += (f"\n**Registered** as `{job.register}` (the Pareto front of parameters and "
+                 f"test error):\n\n" + "\n".join(f"- {line}" for line in registered) + "\n")
+    return text
 
 
 def _plain(value):
