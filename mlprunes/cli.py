@@ -26,6 +26,7 @@ from mlprunes.errors import Interrupted, StageError
 from mlprunes.jobs import (BUDGETS, CRITERIA, DEFAULT_EXPERIMENT, CompareJob, DataChoice,
                            DataConfig, EvaluateJob, FamilyJob, PruneJob, RecipeChoice,
                            RunConfig, ScratchJob, TrainJob)
+from mlprunes.cli_help import Group, examples
 from mlprunes.pruning import PruningError
 
 class NumberList(click.ParamType):
@@ -48,10 +49,10 @@ class NumberList(click.ParamType):
 
 
 def flag(name: str, help: str, default: bool | None = False):
-    """A boolean flag that also takes an explicit value (`--download` or `--download false`),
-    so that `mlflow run -P download=true` works: MLflow passes extra parameters as `--key value`."""
-    return click.option(name, type=click.BOOL, is_flag=False, flag_value=True, default=default,
-                        metavar="[true|false]", help=help)
+    """A switch, `--x/--no-x`; `--x true` and `--x false` work too (`cli_help.switch_values`),
+    as `mlflow run -P x=true` passes it."""
+    return click.option(f"{name}/--no-{name[2:]}", default=default,
+                        help=help)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class OptionGroup:
     name: str
     options: list
     build: Callable[[dict[str, Any]], Any]
+    title: str = ""        # the heading its options print under in --help
 
     def apply(self, command):
         names = {p.name for p in self._params()}
@@ -76,6 +78,7 @@ class OptionGroup:
 
         for option in reversed(self.options):
             wrapper = option(wrapper)
+            wrapper.__click_params__[-1].help_group = self.title or self.name.capitalize()
         return wrapper
 
     def _params(self):
@@ -124,7 +127,7 @@ ARCH = OptionGroup("arch", [
                  help="Every block's middle width to the nearest multiple of R (at least R): "
                       "widths that hardware computes fast, and that --round-to R pruning "
                       "keeps."),
-], lambda o: ArchChoice(**o))
+], lambda o: ArchChoice(**o), "Architecture")
 
 DATA = OptionGroup("data", [
     click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,
@@ -142,29 +145,58 @@ DATA = OptionGroup("data", [
                  help="shapes: test images [default: 1000]."),
     click.option("--data-seed", type=int, default=None,
                  help="Seed of generated data and of the validation split [default: 0]."),
-], lambda o: DataChoice(**o))
+], lambda o: DataChoice(**o), "Data")
 
-RECIPE = OptionGroup("recipe", [
-    click.option("--preset", type=click.Choice(["wrn", "densenet"]), default=None,
-                 help="Recipe preset [default: the network's family]."),
-    click.option("--epochs", type=int, default=None,
-                 help="Training epochs [default: the preset's, 200 wrn / 300 densenet]."),
-    click.option("--batch-size", type=int, default=None,
-                 help="[default: the preset's, 128 wrn / 64 densenet]."),
-    click.option("--lr", type=float, default=None,
-                 help="Learning rate [default: the preset's; pruning 8e-4 / 1e-3]."),
-    click.option("--momentum", type=float, default=None, help="[default: 0.9]."),
-    click.option("--weight-decay", type=float, default=None,
-                 help="[default: the preset's, 5e-4 wrn / 1e-4 densenet]."),
-    click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default=None,
-                 help="lr schedule [default: step; constant when pruning]."),
-    click.option("--milestones", type=NumberList(float), default=None,
-                 help="lr milestones as fractions of the run, e.g. 0.3,0.6,0.8."),
-    click.option("--gamma", type=float, default=None, help="lr factor at each milestone."),
-    click.option("--pad", type=click.Choice(["zero", "reflect"]), default=None,
-                 help="Random-crop padding [default: the preset's: reflect when training, "
-                      "zero when pruning, as the paper's scripts].")
-], lambda o: RecipeChoice(**o))
+def recipe_group(pruning: bool) -> OptionGroup:
+    """The recipe options, their defaults said as what they mean for training or for the
+    fine-tuning between prunes."""
+    if pruning:
+        what = "Fine-tuning recipe (between prunes)"
+        texts = {
+            "preset": "Recipe preset [default: the base run's; its pruning variant].",
+            "epochs": "Horizon of a step or cosine --schedule, in passes over the data; "
+                      "pruning itself runs --prunes x --prune-every steps [default: none, "
+                      "as the constant schedule needs none].",
+            "batch-size": "[default: the preset's, 128 wrn / 64 densenet].",
+            "lr": "Fine-tuning learning rate [default: 8e-4 wrn / 1e-3 densenet, the "
+                  "paper's].",
+            "schedule": "lr schedule [default: constant, as the paper's pruning].",
+            "pad": "Random-crop padding [default: zero, as the paper's pruning script].",
+        }
+    else:
+        what = "Training recipe"
+        texts = {
+            "preset": "Recipe preset [default: the network's family].",
+            "epochs": "Training epochs [default: the preset's, 200 wrn / 300 densenet].",
+            "batch-size": "[default: the preset's, 128 wrn / 64 densenet].",
+            "lr": "Learning rate [default: the preset's, 0.1].",
+            "schedule": "lr schedule [default: step].",
+            "pad": "Random-crop padding [default: reflect, as the paper's training script].",
+        }
+    return OptionGroup("recipe", [
+        click.option("--preset", type=click.Choice(["wrn", "densenet"]), default=None,
+                     help=texts["preset"]),
+        click.option("--epochs", type=int, default=None, help=texts["epochs"]),
+        click.option("--batch-size", type=int, default=None, help=texts["batch-size"]),
+        click.option("--lr", type=float, default=None, help=texts["lr"]),
+        click.option("--momentum", type=float, default=None, help="[default: 0.9]."),
+        click.option("--weight-decay", type=float, default=None,
+                     help="[default: the preset's, 5e-4 wrn / 1e-4 densenet]."),
+        click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]),
+                     default=None, help=texts["schedule"]),
+        click.option("--milestones", type=NumberList(float), default=None,
+                     help="Step schedule: lr milestones as fractions of --epochs, e.g. "
+                          "0.3,0.6,0.8 [default: the preset's]."),
+        click.option("--gamma", type=float, default=None,
+                     help="Step schedule: lr factor at each milestone [default: the "
+                          "preset's]."),
+        click.option("--pad", type=click.Choice(["zero", "reflect"]), default=None,
+                     help=texts["pad"]),
+    ], lambda o: RecipeChoice(**o), what)
+
+
+RECIPE = recipe_group(pruning=False)
+PRUNE_RECIPE = recipe_group(pruning=True)
 
 
 def _run_config(o: dict[str, Any]) -> RunConfig:
@@ -182,14 +214,14 @@ RUN = OptionGroup("run", [
                  help="auto: bf16 autocast on CUDA, fp32 on CPU; fp32 is the faithful setting."),
     click.option("--channels-last/--no-channels-last", default=None,
                  help="NHWC memory format [default: on for CUDA]."),
-    click.option("--compile", "compile_", type=click.BOOL, is_flag=False, flag_value=True,
-                 default=False, metavar="[true|false]", help="torch.compile the model."),
+    click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+                 help="torch.compile the model."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--progress/--no-progress", default=None,
                  help="Progress bars on stderr [default: when stderr is a terminal]."),
     click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True,
                  help="MLflow experiment (ignored under `mlflow run`, which sets it)."),
-], _run_config)
+], _run_config, "Run")
 
 run_name_option = click.option("--run-name", default=None,
                                help="MLflow run name [default: derived].")
@@ -249,13 +281,15 @@ def stage_command(fn):
 
 # -- the commands ---------------------------------------------------------------------------------
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlprunes")
 def main() -> None:
     """Structured channel pruning of WideResNets and DenseNet-BCs, tracked with MLflow."""
 
 
-@main.command()
+@main.command(short_help="A network's size, computed without building it.")
+@examples('mlprunes describe --arch wrn --depth 40 --width 2',
+          'mlprunes describe --arch densenet --bottle 0.5 --json')
 @ARCH.apply
 @click.option("--image-size", type=int, default=32, show_default=True,
               help="Input height and width for the FLOP count.")
@@ -280,7 +314,9 @@ def describe(arch: ArchChoice, image_size, as_json):
     click.echo(f"  middle widths      {list(spec.mids)}")
 
 
-@main.command()
+@main.command(short_help="Train a network from scratch: a base or a reduced baseline.")
+@examples('mlprunes train --arch wrn --depth 40 --width 2 --dataset cifar10 --download',
+          'mlprunes train --arch wrn --depth 16 --width 1 --dataset shapes --epochs 30 --schedule cosine')
 @ARCH.apply
 @DATA.apply
 @RECIPE.apply
@@ -308,14 +344,20 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
     return stage.run(job, resume_run_id=resume_run_id)
 
 
-@main.command()
+@main.command(short_help="Fine-tune a trained network while pruning its channels.")
+@examples('mlprunes prune --base-run-id $BASE --criterion fisher --prunes 900',
+          'mlprunes prune --base-run-id $BASE --prunes 60 --prune-every 3   # small data',
+          'mlprunes prune --base-run-id $BASE --flops-penalty 0.1 --round-to 8 --prunes 100')
 @click.option("--base-run-id", required=True, help="The train run whose network to prune.")
 @click.option("--criterion", type=click.Choice(CRITERIA), default="fisher", show_default=True,
               help="Channel saliency.")
 @click.option("--prunes", type=int, required=True,
               help="Prunes to make: one channel each (R with --round-to R).")
 @click.option("--prune-every", type=int, default=100, show_default=True,
-              help="Fine-tuning steps between prunes.")
+              help="Fine-tuning steps before each prune: the paper's 100 is about a quarter "
+                   "of an epoch of CIFAR (50,000 images, batch 128). On a small data set take "
+                   "about a tenth of an epoch, so fine-tuning does not overfit between prunes: "
+                   "the demo's 1,800 images at batch 64 (28 steps an epoch) use 3.")
 @click.option("--save-every", type=int, default=100, show_default=True,
               help="Prunes between masked checkpoints (and at the end).")
 @click.option("--val-every", type=int, default=10, show_default=True,
@@ -329,7 +371,7 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
                    "estimated loss increase (nats) plus BETA times the change in GFLOPs per "
                    "image; 0 is plain Fisher. Fisher only.")
 @DATA.apply
-@RECIPE.apply
+@PRUNE_RECIPE.apply
 @RUN.apply
 @run_name_option
 @log_model_option
@@ -348,7 +390,9 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
     return stage.run(job, resume_run_id=resume_run_id)
 
 
-@main.command()
+@main.command(short_help="Train a pruned architecture from scratch.")
+@examples('mlprunes scratch --prune-run-id $PRUNE --prunes 900',
+          'mlprunes scratch --prune-run-id $PRUNE --params-budget 500000 --budget scratch-b')
 @click.option("--prune-run-id", required=True, help="The prune run whose architecture to use.")
 @click.option("--prunes", type=int, default=None, help="Use the architecture after N prunes.")
 @click.option("--params-budget", type=int, default=None,
@@ -377,7 +421,8 @@ def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, init,
     return stage.run(job, resume_run_id=resume_run_id)
 
 
-@main.command()
+@main.command(short_help="Scale a pruned width profile to budgets; train each.")
+@examples('mlprunes family --prune-run-id $PRUNE --prunes 900 --budgets 200000,400000')
 @click.option("--prune-run-id", required=True, help="The prune run whose profile to scale.")
 @click.option("--prunes", type=int, required=True, help="Take the width profile after N prunes.")
 @click.option("--budgets", type=NumberList(int), required=True,
@@ -402,7 +447,9 @@ def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, init, round_
     return stage.run(job)
 
 
-@main.command()
+@main.command(short_help="Test error, size and latency of a run's network.")
+@examples('mlprunes evaluate --run-id $PRUNE --prunes 900',
+          'mlprunes evaluate --run-id $PRUNE --match-run-id $REDUCED --batch-size 64')
 @click.option("--run-id", required=True, help="A train, prune, scratch or family member run.")
 @click.option("--prunes", type=int, default=None,
               help="For a prune run: the checkpoint at N prunes [default: its last, or the "
@@ -426,7 +473,7 @@ def evaluate(run_id, prunes, match_run_id, batch_size, repeats, run: RunConfig, 
     return stage.run(job)
 
 
-@main.command()
+@main.command(short_help="Export a compressed network: ONNX, pt2 or TorchScript.")
 @click.option("--run-id", required=True, help="A train, prune, scratch or family member run.")
 @click.option("--prunes", type=int, default=None,
               help="For a prune run: the network at its checkpoint after N prunes [default: "
@@ -448,13 +495,16 @@ def export(run_id, prunes, fmt, out, log_artifact):
     \b
     Example:
       mlprunes export --run-id $PRUNE --prunes 900 --format onnx --out wrn-p900.onnx
+      mlprunes export --run-id $BASE --format pt2 --out wrn.pt2 --log-artifact
     """
     from mlprunes.stages import export as stage
 
     click.echo(stage.run(run_id, prunes, fmt, out, log_artifact))
 
 
-@main.command()
+@main.command(short_help="Answers, plots and a report over finished runs.")
+@examples('mlprunes compare --parent-run-id $PIPELINE',
+          'mlprunes compare --experiment mlprunes --register wrn-40-2-pruned')
 @click.option("--experiment", default=None,
               help="Compare the finished runs of this experiment [default: mlprunes, or the "
                    "experiment `mlflow run` chose].")
@@ -526,7 +576,9 @@ def load_study(preset: str | None, study_file: str | None, sets: tuple[str, ...]
     return load_preset(preset or "demo", sets)
 
 
-@main.command()
+@main.command(short_help="Run a whole study, reusing the steps already done.")
+@examples('mlprunes pipeline --preset demo --executor ray',
+          'mlprunes pipeline --study my.toml --set prune.prunes=500 --seeds 0,1,2')
 @study_options
 @click.option("--data-dir", default=None, help="Where the study's data lives (CIFAR, or an "
                                                "image folder); overrides data.data_dir.")
@@ -566,7 +618,8 @@ def pipeline(preset, study_file, sets, seeds, data_dir, download, run: RunConfig
     return stage.run_pipeline(plan, run, run_name=run_name, executor=choice)
 
 
-@main.command("plan")
+@main.command("plan", short_help="What a study costs, before it runs.")
+@examples('mlprunes plan --preset wrn-40-2 --gpus 1,8')
 @study_options
 @click.option("--gpus", default="1", show_default=True, metavar="G1,G2,...",
               help="GPU counts to give the makespan for.")
@@ -636,6 +689,7 @@ def study() -> None:
 
 
 @study.command("show")
+@examples('mlprunes study show demo > my-study.toml')
 @click.argument("name")
 def study_show(name):
     """Print the study file of preset NAME, to start your own from."""
@@ -648,6 +702,7 @@ def study_show(name):
 
 
 @study.command("check")
+@examples('mlprunes study check my-study.toml --set prune.prunes=100')
 @click.argument("file", required=False)
 @click.option("--preset", default=None, help="Check a preset instead of a file.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",

@@ -1,0 +1,95 @@
+"""How `mlprunes` commands read their switches and print their help.
+
+- Options print under headings (the command's own first, then architecture, data, recipe,
+  run), each group's heading set where the group is defined (`help_group`).
+- Every boolean is a switch, `--x/--no-x`. `mlflow run -P x=true` passes extra parameters as
+  `--x true`, so a switch followed by true/false (yes/no, 1/0) is read as `--x` or `--no-x`.
+- A command's examples (`examples(...)`) print after its options.
+"""
+
+from __future__ import annotations
+
+import click
+
+TRUE = {"true", "yes", "1", "on"}
+FALSE = {"false", "no", "0", "off"}
+OWN = "Options"
+
+
+def examples(*lines: str):
+    """Attach example command lines to a command (printed after its options)."""
+    def decorate(fn):
+        fn.__mlprunes_examples__ = lines
+        return fn
+    return decorate
+
+
+def in_group(title: str, option_decorator):
+    """`option_decorator` (a click.option) with its option printed under `title`."""
+    def decorate(fn):
+        fn = option_decorator(fn)
+        fn.__click_params__[-1].help_group = title
+        return fn
+    return decorate
+
+
+class Command(click.Command):
+    def __init__(self, *args, **kwargs):
+        callback = kwargs.get("callback")
+        self.examples = getattr(callback, "__mlprunes_examples__", ())
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, switch_values(self.params, args))
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {OWN: []}
+        for param in self.get_params(ctx):
+            if not isinstance(param, click.Option):  # arguments are in the usage line
+                continue
+            record = param.get_help_record(ctx)
+            if record is not None:
+                groups.setdefault(getattr(param, "help_group", OWN), []).append(record)
+        for title, records in groups.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.examples:
+            with formatter.section("Examples"):
+                for line in self.examples:   # unwrapped: a command line is copied whole
+                    formatter.write(f"{'':>{formatter.current_indent}}{line}\n")
+        super().format_epilog(ctx, formatter)
+
+
+class Group(click.Group):
+    command_class = Command
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_class = Group
+
+
+def switch_values(params, args: list[str]) -> list[str]:
+    """`--x true` as `--x`, `--x false` as `--no-x`, for each switch of `params`."""
+    switches = {}
+    for p in params:
+        if isinstance(p, click.Option) and p.is_flag and p.secondary_opts:
+            for name in p.opts:
+                switches[name] = (p.opts[0], p.secondary_opts[0])
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        following = args[i + 1].lower() if i + 1 < len(args) else None
+        if arg in switches and following in TRUE | FALSE:
+            out.append(switches[arg][0] if following in TRUE else switches[arg][1])
+            i += 2
+            continue
+        name, eq, value = arg.partition("=")
+        if eq and name in switches and value.lower() in TRUE | FALSE:
+            out.append(switches[name][0] if value.lower() in TRUE else switches[name][1])
+        else:
+            out.append(arg)
+        i += 1
+    return out
