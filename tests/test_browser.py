@@ -1,8 +1,10 @@
-"""The study as a person sees it: `mlflow server` on 127.0.0.1, the compare run's page, a prune
-run's metric charts and the HTML report, in headless Chromium (Debian's `chromium`, driven by
-Playwright). Screenshots go to $MLPRUNES_SCREENSHOT_DIR (default: the test's tmp folder)."""
+"""The study as a person sees it: the pipeline's printed link opened on `mlflow server` at
+127.0.0.1, the pipeline run's description, the runs, a prune run's metric charts, the HTML
+report and the Models page, in headless Chromium (Debian's `chromium`, driven by Playwright).
+Screenshots go to $MLPRUNES_SCREENSHOT_DIR (default: the test's tmp folder)."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -31,7 +33,14 @@ def close_assistant(page) -> None:
 
 def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
     # Two seeds: the answers have intervals.
-    pipeline_id = cli("pipeline", "--preset", "tiny", "--seeds", "0,1", "--no-progress").run_id
+    result = cli("pipeline", "--preset", "tiny", "--seeds", "0,1", "--no-progress",
+                 "--set", "run.log_model=true")   # models named after their networks
+    pipeline_id = result.run_id
+    # The link the pipeline printed last: its own run, in model-training mode, on the address
+    # `mlflow ui` serves by default (this test's server has a port of its own).
+    link = re.findall(r"MLflow UI: (\S+)", result.stderr)[-1]
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert link.endswith(f"/runs/{pipeline_id}?workflowType=machine_learning")
     client = MlflowClient()
     pipeline = client.get_run(pipeline_id)
     exp = pipeline.info.experiment_id
@@ -47,14 +56,34 @@ def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 950})
             base = f"{url}/#/experiments/{exp}"
+            assert client.get_experiment(exp).name == "mlprunes"
+
+            page.goto(link.replace("http://127.0.0.1:5000", url))
+            # Model-training mode shows the run's overview, its description rendered.
+            page.get_by_text("Report:").first.wait_for(timeout=60_000)
+            close_assistant(page)
+            for text in ("Study", "tiny", "Answers", "report.html"):
+                page.get_by_text(text).first.wait_for(timeout=10_000)
+            page.get_by_text("mlprunes").first.wait_for(timeout=10_000)   # the experiment
+            assert page.get_by_text("Detect issues").count() == 0           # not GenAI's page
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots / "pipeline_run.png"))
+            # Its description's report link opens the compare run's report (in a new tab).
+            with page.context.expect_page() as opened:
+                page.get_by_role("link", name="report.html").first.click()
+            tab = opened.value
+            tab.frame_locator("iframe").first.get_by_text("Answers").first.wait_for(
+                timeout=60_000)
+            assert f"/runs/{compare_id}/artifacts/report.html" in tab.url
+            tab.close()
 
             page.goto(f"{base}/runs?workflowType=machine_learning")
             page.get_by_text("pipeline-tiny").first.wait_for(timeout=60_000)
             close_assistant(page)
             # The stages are the pipeline run's children: expand it.
             page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]').first.click()
-            for name in ("prune-fisher-wrn-10-1-s0", "train-base-wrn-10-1-s1", "compare-tiny",
-                         "scratch-fisher-wrn-10-1-p12-s0", "family-fisher-wrn-10-1-p12-s1"):
+            for name in ("prune-fisher-s0", "train-base-s1", "compare-tiny",
+                         "scratch-fisher-p12-s0", "family-fisher-p12-s1"):
                 page.get_by_text(name).first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "runs.png"))
 
@@ -85,6 +114,15 @@ def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
             report.locator("h2", has_text="Plots").scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / "report.png"))
+
+            # The Models page lists the logged networks by name, with their metrics.
+            page.goto(f"{base}/models?workflowType=machine_learning")
+            page.get_by_text("wrn-10-1-fisher-p12").first.wait_for(timeout=60_000)
+            page.get_by_text("wrn-10-1-fisher-p12-scratch-e").first.wait_for(timeout=10_000)
+            page.get_by_text("wrn-10-1", exact=True).first.wait_for(timeout=10_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots / "models.png"))
             browser.close()
-    for name in ("runs.png", "prune_metrics.png", "answers.png", "report.png"):
+    for name in ("pipeline_run.png", "runs.png", "prune_metrics.png", "answers.png",
+                 "report.png", "models.png"):
         assert (shots / name).stat().st_size > 10_000

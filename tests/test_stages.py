@@ -137,7 +137,8 @@ def test_scratch_by_budget_scratch_b_family_evaluate_and_compare(base_run, tmp_p
     compare_id = cli("compare").run_id
     compare = client.get_run(compare_id)
     note = compare.data.tags["mlflow.note.content"]
-    assert f"runs/{compare_id}/artifacts/report.html?workflowType=machine_learning" in note
+    assert (f"(#/experiments/{compare.info.experiment_id}/runs/{compare_id}/artifacts/"
+            f"report.html?workflowType=machine_learning)") in note
     assert "**Answers**" in note and "1. **" in note
     table = read_csv(read_artifact_text(compare_id, "runs.csv", tmp_path))
     by_id = {r["run_id"]: r for r in table}

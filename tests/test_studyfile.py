@@ -280,7 +280,7 @@ def test_round_to_and_the_flops_penalty_reach_every_job_they_shape():
     assert graph["prune-fisher"].job.round_to == 8
     assert graph["prune-fisher"].job.flops_penalty == 0.3
     assert graph["prune-l1-mean"].job.flops_penalty == 0.0      # Fisher's term only
-    assert graph["prune-fisher"].job.run_name == "prune-fisher+flops0.3-r8-wrn-10-1"
+    assert graph["prune-fisher"].job.run_name == "prune-fisher+flops0.3-r8"
     bottle = graph["reduced-bottle0.3"].job.spec
     assert arch.make_spec("wrn", depth=10, width=1, bottle=0.3).mids == (4, 9, 19)
     assert bottle.mids == (8, 8, 16)

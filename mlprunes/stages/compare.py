@@ -267,9 +267,10 @@ def description(run, compared: int, job: CompareJob, answers,
     """The compare run's description: what it compared, where the report is, the answers."""
     source = (f"the study of pipeline run `{job.parent_run_id}`" if job.parent_run_id
               else f"{compared} finished runs")
-    text = (f"Compares {source} ({compared} runs). **Report:** "
-            f"[report.html]({tracking.ui_link(run, 'report.html')}) (Artifacts tab), with "
-            f"plots, `answers.json`, `runs.csv` and `configurations.csv` beside it.\n\n"
+    report = tracking.ui_link(run, "report.html", relative=True)
+    text = (f"**Report:** [report.html]({report}) (Artifacts tab), with plots, "
+            f"`answers.json`, `runs.csv` and `configurations.csv` beside it.\n\n"
+            f"Compares {source} ({compared} runs).\n\n"
             f"**Answers** (difference first - second, 95% CI, n seeds):\n\n"
             f"{answers_markdown(answers)}\n")
     if registered:

@@ -183,23 +183,26 @@ def _log_summary(used: list[Step], failures: Sequence[Failure] = ()) -> None:
 
 
 def description(used: list[Step], failures: Sequence[Failure], compare_id: str | None) -> str:
-    """The pipeline run's description: what ran, what it found, where the report is."""
+    """The pipeline run's description: where the report is (first, where a truncated
+    description still shows it), what ran, what it found."""
     study = tracking.fetch_run(mlflow.active_run().info.run_id).data.params.get("preset", "")
-    fresh = sum(s.how == NEW for s in used)
-    lines = [f"Study **{study}**: {len(used)} steps ({fresh} new, "
-             f"{sum(s.how == REUSED for s in used)} reused, "
-             f"{sum(s.how == RESUMED for s in used)} resumed); the runs are this run's "
-             f"children, the plan is `study.toml` and the steps `pipeline_runs.csv`."]
+    lines = []
+    compare = tracking.fetch_run(compare_id) if compare_id is not None else None
+    if compare is not None:
+        report = tracking.ui_link(compare, "report.html", relative=True)
+        lines.append(f"**Report:** [report.html]({report}) on the compare run "
+                     f"[{compare_id}]({tracking.ui_link(compare, relative=True)}).\n")
+    lines.append(f"Study **{study}**: {len(used)} steps ({sum(s.how == NEW for s in used)} new, "
+                 f"{sum(s.how == REUSED for s in used)} reused, "
+                 f"{sum(s.how == RESUMED for s in used)} resumed); the runs are this run's "
+                 f"children, the plan is `study.toml` and the steps `pipeline_runs.csv`.")
     if failures:
         lines.append(f"\n**{len(failures)} job(s) failed or were skipped**: "
                      + ", ".join(f"`{f.node}` ({f.how})" for f in failures))
-    if compare_id is not None:
-        compare = tracking.fetch_run(compare_id)
-        lines.append(f"\n**Report:** [report.html]({tracking.ui_link(compare, 'report.html')}) "
-                     f"on the compare run [{compare_id}]({tracking.ui_link(compare)}).")
-        answers = compare.data.tags.get(tracking.NOTE, "").partition("**Answers**")[2]
-        if answers:
-            lines.append(f"\n**Answers**{answers}")
+    answers = compare.data.tags.get(tracking.NOTE, "").partition("**Answers**")[2] if compare \
+        else ""
+    if answers:
+        lines.append(f"\n**Answers**{answers}")
     return "\n".join(lines)
 
 

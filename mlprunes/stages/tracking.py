@@ -249,16 +249,18 @@ def mark_experiment_kind(experiment_id: str) -> None:
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
-def ui_link(run: Run, artifact: str = "") -> str:
+def ui_link(run: Run, artifact: str = "", relative: bool = False) -> str:
     """The run's page in the MLflow UI (or one of its artifacts), opened in model-training mode
     (MLflow 3.17 opens every experiment as GenAI unless the URL says
     `workflowType=machine_learning`): on the tracking server for a remote store, on what
-    `mlflow ui` serves by default for a local one."""
+    `mlflow ui` serves by default for a local one. `relative`: the hash route alone, for links
+    inside the UI (run descriptions), which then work on whatever address serves it."""
     uri = tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
     path = f"/artifacts/{artifact}" if artifact else ""
-    return (f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{path}"
-            f"?workflowType=machine_learning")
+    route = (f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{path}"
+             f"?workflowType=machine_learning")
+    return route if relative else f"{base}/{route}"
 
 
 NOTE = "mlflow.note.content"   # the run's Description in the UI (markdown)

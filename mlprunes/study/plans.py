@@ -100,7 +100,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
         return graph.add(label + suffix, TrainJob(
             spec=spec, recipe=plan.train_recipe(spec.family), data=plan.data,
             preset=plan.train.get("preset", spec.family), run=run, log_model=log_model,
-            run_name=f"train-{label}-{spec.name}{suffix}"))
+            run_name=f"train-{label}{suffix}"))
 
     base = train("base", base_spec)
     prunes = {c: graph.add(f"prune-{c}{suffix}", PruneJob(
@@ -108,7 +108,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
         save_every=plan.save_every, val_every=plan.val_every, keep_one=plan.keep_one,
         round_to=plan.round_to, flops_penalty=plan.flops_penalty if c == "fisher" else 0.0,
         recipe=RecipeChoice(**plan.prune_recipe), data=located, run=run, log_model=log_model,
-        run_name=f"prune-{_label(plan, c)}-{base_spec.name}{suffix}"))
+        run_name=f"prune-{_label(plan, c)}{suffix}"))
         for c in plan.criteria}
     scratch = []
     sliced = "-sliced" if plan.init == "sliced" else ""
@@ -125,8 +125,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     init=plan.init,
                     data=located, run=run,
                     log_model=log_model,
-                    run_name=(f"scratch{tag}-{_label(plan, c)}-{base_spec.name}-{point}"
-                              f"{sliced}{suffix}"))))
+                    run_name=f"scratch{tag}-{_label(plan, c)}-{point}{sliced}{suffix}")))
     reduced = []
     for overrides in plan.baselines:
         spec = make_spec(**{**plan.arch, **overrides},
@@ -146,8 +145,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
             log_model=log_model,
             max_epoch_factor=(plan.max_epoch_factor if plan.family_budget == "scratch-b"
                               else None),
-            run_name=(f"family-{_label(plan, first)}-{base_spec.name}-p{plan.prunes}{sliced}"
-                      f"{suffix}")))
+            run_name=f"family-{_label(plan, first)}-p{plan.prunes}{sliced}{suffix}"))
     return {"base": base, "pruned": prunes[first], "reduced": reduced}
 
 
