@@ -380,7 +380,8 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
 def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, keep_one,
           round_to, flops_penalty, data: DataChoice, recipe: RecipeChoice, run: RunConfig,
           run_name, log_model, resume_run_id):
-    """Fine-tune a trained network and prune it channel by channel (Fisher, L1 or random)."""
+    """Fine-tune a trained network and prune its channels (Fisher, L1 or random), one (or
+    --round-to R) at a time."""
     from mlprunes.stages import prune as stage
 
     job = PruneJob(base_run_id=base_run_id, criterion=criterion, prunes=prunes,
@@ -430,8 +431,9 @@ def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, init,
 @click.option("--budget", type=click.Choice(BUDGETS), default="scratch-e", show_default=True)
 @max_epoch_factor_option
 @init_option
-@click.option("--round-to", type=int, default=1, show_default=True, metavar="R",
-              help="Members' widths: the scaled profile rounded to multiples of R.")
+@click.option("--round-to", type=int, default=None, metavar="R",
+              help="Members' widths: the scaled profile rounded to multiples of R [default: "
+                   "the prune run's --round-to].")
 @RUN.apply
 @run_name_option
 @log_model_option
@@ -441,6 +443,10 @@ def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, init, round_
     """Scale one pruned width profile to several budgets; train each from scratch."""
     from mlprunes.stages import family as stage
 
+    if round_to is None:  # a profile pruned R at a time scales to multiples of R
+        from mlprunes.stages import contract
+
+        round_to = contract.load_pruned_source(prune_run_id).round_to
     job = FamilyJob(prune_run_id=prune_run_id, prunes=prunes, budgets=budgets, budget=budget,
                     max_epoch_factor=max_epoch_factor, init=init, round_to=round_to, run=run,
                     run_name=run_name, log_model=log_model)
@@ -648,7 +654,7 @@ def plan_command(preset, study_file, sets, seeds, gpus, images_per_second, throu
         raise click.UsageError("give one of --images-per-second and --throughput-run-id")
     try:
         chosen = load_study(preset, study_file, [*sets, *seed_sets(seeds)])
-        spec = make_spec(**chosen.arch, num_classes=dataset_classes(chosen.data))
+        spec = chosen.base_spec(dataset_classes(chosen.data))
         size = chosen.data.image_size or 32
         if throughput_run_id is not None:
             from mlprunes.stages import pipeline as stage, tracking
@@ -722,7 +728,7 @@ def study_check(file, preset, sets, resolved):
         if resolved:
             click.echo(study_toml(chosen), nl=False)
             return
-        spec = make_spec(**chosen.arch, num_classes=dataset_classes(chosen.data))
+        spec = chosen.base_spec(dataset_classes(chosen.data))
         graph = study_graph(chosen, chosen.name, RunConfig(progress=False), spec)
         print_plan(plan(graph, EmptyStore()))
     except (StageError, ArchError) as err:

@@ -14,6 +14,10 @@ import click
 TRUE = {"true", "yes", "1", "on"}
 FALSE = {"false", "no", "0", "off"}
 OWN = "Options"
+# The heading of a command's own options, where they have one theme.
+HEADINGS = {"prune": "Pruning", "scratch": "From scratch", "family": "Family",
+            "evaluate": "Evaluation", "export": "Export", "compare": "Comparison",
+            "pipeline": "Study", "plan": "Study and cost", "train": "Training run"}
 
 
 def examples(*lines: str):
@@ -43,13 +47,14 @@ class Command(click.Command):
         return super().parse_args(ctx, switch_values(self.params, args))
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        groups: dict[str, list[tuple[str, str]]] = {OWN: []}
+        own = HEADINGS.get(self.name, OWN)
+        groups: dict[str, list[tuple[str, str]]] = {own: []}
         for param in self.get_params(ctx):
             if not isinstance(param, click.Option):  # arguments are in the usage line
                 continue
             record = param.get_help_record(ctx)
             if record is not None:
-                groups.setdefault(getattr(param, "help_group", OWN), []).append(record)
+                groups.setdefault(getattr(param, "help_group", own), []).append(record)
         for title, records in groups.items():
             if records:
                 with formatter.section(title):

@@ -24,7 +24,7 @@ from mlprunes.pruning.saliency import CRITERIA as SALIENCY_CRITERIA
 
 # Part of every key: bumped when what a key means changes, so that runs made by an older
 # mlprunes are never taken for runs of the new one (they are re-run, not half-reused).
-KEY_VERSION = 3
+KEY_VERSION = 4
 
 BUDGETS = ("scratch-e", "scratch-b")
 DEFAULT_EXPERIMENT = "mlprunes"
@@ -247,7 +247,7 @@ class TrainJob(Job):
 
 @dataclass(frozen=True)
 class PruneJob(Job):
-    """A trained network fine-tuned and pruned one channel at a time."""
+    """A trained network fine-tuned and pruned one channel (or round_to) at a time."""
     stage: ClassVar[str] = "prune"
     base_run_id: RunRef = _input()
     criterion: str = "fisher"

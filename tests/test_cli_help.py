@@ -40,7 +40,7 @@ def test_every_boolean_is_a_switch():
 def test_prune_help_groups_options_and_says_what_defaults_mean_for_pruning():
     text = CliRunner().invoke(main, ["prune", "--help"], terminal_width=100).stdout
     headings = [line for line in text.splitlines() if line and not line.startswith(" ")]
-    assert headings[1:] == ["Options:", "Data:", "Fine-tuning recipe (between prunes):", "Run:",
+    assert headings[1:] == ["Pruning:", "Data:", "Fine-tuning recipe (between prunes):", "Run:",
                             "Examples:"]
     assert "about a tenth of an epoch" in text          # --prune-every for small data sets
     assert "8e-4 wrn / 1e-3 densenet" in text and "200 wrn" not in text

@@ -197,3 +197,38 @@ def test_cost_flops_follow_theis_formula():
     # The same network on a 1x1 image has H = W = 1 everywhere.
     linear = 10 * (2 * 64 + 1)
     assert count(spec, 1).cost_flops == by_hand + linear
+
+
+def test_a_nan_score_goes_first_and_a_group_never_holds_a_pruned_channel():
+    """Diverged scores: NaN is taken as the lowest (as argmin does), and with R > 1 the group
+    comes from the block's live channels only, whatever the scores of pruned ones."""
+    spec = ROUNDED["wrn"]
+
+    class Broken(Saliency):
+        def scores(self, blocks):
+            out = [torch.ones(b.mid) for b in blocks]
+            out[1][:] = float("nan")
+            return out
+
+    model = build(spec, masked=True)
+    pruner = Pruner(model, Broken(), round_to=8)
+    first = pruner.prune()
+    assert all(block_offsets(spec)[1] <= i < block_offsets(spec)[2] for i in first)
+    for _ in range(3):                       # block 1 (32 wide) again and again, then empty
+        pruner.prune()
+    assert int(prunable_blocks(model)[1].mask.sum()) == 0
+    assert len(set(pruner.history)) == len(pruner.history) == 32
+
+
+def test_rounded_reduced_baselines_are_named_as_reductions_not_bottlenecks():
+    from mlprunes.report.records import RunRecord, assign_groups
+
+    base = arch.wrn(16, 1)
+    reduced = arch.wrn(16, 0.75).rounded(8)                  # 12, 24, 48 -> 16, 24, 48
+    assert reduced.mids != reduced.full_mids()
+    records = [RunRecord("b", "base", "train", spec=base),
+               RunRecord("p", "prune", "prune", criterion="fisher", base_run_id="b", spec=base),
+               RunRecord("r", "reduced", "train", spec=reduced),
+               RunRecord("z", "bottle", "train", spec=arch.wrn(16, 1, bottle=0.3))]
+    groups = {r.run_id: r.group for r in assign_groups(records)}
+    assert groups["r"] == "Reduced width" and groups["z"] == "Bottleneck"

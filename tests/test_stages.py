@@ -269,8 +269,10 @@ def test_round_to_and_flops_penalty_through_prune_scratch_and_family(base_run, t
     assert ArchSpec.from_json(scratch.data.params["arch_spec"]) == spec_after(spec, history[:16])
     assert scratch.data.tags["mlprunes.criterion"] == "fisher+flops0.5-r8"
 
+    # No --round-to: a family scales a profile pruned 8 at a time to multiples of 8.
     family_id = cli("family", "--prune-run-id", prune_id, "--prunes", "4", "--budgets", "40000",
-                    "--round-to", "8", "--no-progress", "--no-log-model").run_id
+                    "--no-progress", "--no-log-model").run_id
+    assert client.get_run(family_id).data.params["round_to"] == "8"
     members = read_csv(read_artifact_text(family_id, "family.csv", tmp_path))
     widths = json.loads(members[0]["mids"])
     assert all(w % 8 == 0 for w in widths) and int(members[0]["params"]) <= 40000

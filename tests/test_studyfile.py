@@ -288,5 +288,9 @@ def test_round_to_and_the_flops_penalty_reach_every_job_they_shape():
     assert parse_study(study_toml(plan), "written", default_name="tiny") == plan
     with pytest.raises(StageError, match="prunes of 8 channels"):
         load_preset("tiny", ["network.round_to=8", "prune.prunes=15"])
+    with pytest.raises(StageError, match="wider than itself in some block"):
+        load_preset("tiny", ["network.width=0.75", "network.round_to=8", "prune.prunes=4",
+                             "scratch.prunes=[4]",
+                             "scratch.init='sliced'"])
     with pytest.raises(StageError, match="the criteria have no fisher"):
         load_preset("tiny", ["prune.flops_penalty=0.3", "prune.criteria=['random']"])

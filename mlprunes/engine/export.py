@@ -69,6 +69,9 @@ def load_exported(fmt: str, path: str | Path,
         ort = _require("onnxruntime", "running an ONNX export")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Its threads otherwise spin for a while after each call, taking the cores from
+        # whatever runs next: eager PyTorch, when the two are timed in turn.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])

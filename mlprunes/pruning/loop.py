@@ -34,7 +34,7 @@ CURVE_COLUMNS = ("prunes", "channels_left", "params", "flops", "val_error", "val
 
 @dataclass(frozen=True)
 class PruneSchedule:
-    prunes: int            # channels to prune, one at a time
+    prunes: int            # prunes to make (the Pruner's round_to channels each)
     prune_every: int       # fine-tuning steps before each prune
     val_every: int = 10    # prunes between validation passes
     save_every: int = 100  # prunes between checkpoints

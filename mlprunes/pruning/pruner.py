@@ -3,6 +3,7 @@ round_to channels of one block), remember it."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -77,24 +78,30 @@ class Pruner:
     def prune(self) -> list[int]:
         """Prune `round_to` active channels of one block as the class says; return their
         global indices, weakest first."""
-        scores = [s.detach().float().cpu() for s in self.saliency.scores(self.blocks)]
         if self.flops_penalty > 0:
-            scores = [s.detach().float().cpu()
-                      for s in self.saliency.loss_increase(self.blocks)]
+            scores = self.saliency.loss_increase(self.blocks)
+        else:
+            scores = self.saliency.scores(self.blocks)
+        widths = [int(b.mask.sum()) for b in self.blocks]
+        now = self._cost(widths) if self.flops_penalty > 0 else 0.0
+        floor = self.round_to if self.keep_one else 0
         best: tuple[float, int, torch.Tensor] | None = None
-        for block_index, (block, block_scores) in enumerate(zip(self.blocks, scores)):
-            alive = block.mask.detach().cpu() > 0
-            floor = self.round_to if self.keep_one else 0
-            if int(alive.sum()) - self.round_to < floor:
+        for index, (block, block_scores) in enumerate(zip(self.blocks, scores)):
+            if widths[index] - self.round_to < floor:
                 continue
-            # Stable, so that among equal scores the lowest channel goes first, as argmin does.
-            order = torch.sort(block_scores.masked_fill(~alive, float("inf")), stable=True)
-            group = order.indices[:self.round_to]
+            alive = (block.mask.detach().cpu() > 0).nonzero().flatten()
+            # A NaN score goes first, as argmin takes it; stable, so that among equal scores the
+            # lowest channel goes first, as argmin does.
+            live = block_scores.detach().float().cpu()[alive].nan_to_num(nan=-math.inf)
+            order = torch.sort(live, stable=True)
+            group = alive[order.indices[:self.round_to]]
             score = float(order.values[:self.round_to].sum())
             if self.flops_penalty > 0:
-                score += self.flops_penalty * self._gflops_change(block_index)
+                smaller = list(widths)
+                smaller[index] -= self.round_to
+                score += self.flops_penalty * (self._cost(smaller) - now)
             if best is None or score < best[0]:
-                best = (score, block_index, group)
+                best = (score, index, group)
         if best is None:
             raise PruningError(self._nothing_left_message())
         offset = block_offsets(self.spec)[best[1]]
@@ -104,12 +111,9 @@ class Pruner:
         self.saliency.reset()
         return indices
 
-    def _gflops_change(self, block_index: int) -> float:
-        """GFLOPs per image gained by removing `round_to` channels of the block (negative)."""
-        widths = [int(b.mask.sum()) for b in self.blocks]
-        now = count(self.spec.with_mids(widths), self.image_size).cost_flops
-        widths[block_index] -= self.round_to
-        return (count(self.spec.with_mids(widths), self.image_size).cost_flops - now) / 1e9
+    def _cost(self, widths: list[int]) -> float:
+        """GFLOPs per image of the network with these middle widths, as Theis et al. count."""
+        return count(self.spec.with_mids(widths), self.image_size).cost_flops / 1e9
 
     def prune_channel(self, index: int) -> None:
         """Switch off one channel by global index and record it."""
@@ -134,5 +138,6 @@ class Pruner:
             floor = "one channel" if self.round_to == 1 else f"{self.round_to} channels"
             return (f"cannot prune again: every block is down to {floor} ({self.channels_left} "
                     f"left of {total}) and keep_one is set")
-        raise AssertionError("widths are multiples of round_to, so a block with any channel "
-                             "left can lose round_to of them")
+        return (f"cannot prune {self.round_to} channels of one block: no block has that many "
+                f"left ({self.channels_left} of {total}); the widths are not multiples of "
+                f"{self.round_to}")

@@ -6,6 +6,8 @@ plots and the report are testable on records made by hand.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from mlprunes.arch import ArchSpec
@@ -97,6 +99,13 @@ def _size(spec: ArchSpec) -> float:
     return spec.width if spec.family == "wrn" else spec.growth
 
 
+def _rounded_full(spec: ArchSpec) -> bool:
+    """Whether the widths are the family's own, rounded to a multiple (`--round-to`)."""
+    step = math.gcd(*spec.mids)
+    full = spec.with_mids(spec.full_mids())
+    return step > 1 and full.rounded(step).mids == spec.mids
+
+
 def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str:
     """Name a train run against the smallest base network it is a reduction of."""
     if r.run_id in base_ids:
@@ -104,7 +113,7 @@ def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str
     spec = r.spec
     if spec is None:
         return "Trained from scratch"
-    if spec.mids != spec.full_mids():
+    if spec.mids != spec.full_mids() and not _rounded_full(spec):
         return "Bottleneck"
     candidates = [b for b in bases if b.family == spec.family
                   and b.num_classes == spec.num_classes

@@ -1,4 +1,5 @@
-"""The `prune` stage: a trained network fine-tuned and pruned one channel at a time, as one run.
+"""The `prune` stage: a trained network fine-tuned and pruned, a channel (or a group) at a time,
+as one run.
 
 The stage resolves its inputs (the base run's network, data and recipe), runs the core loop
 (`mlprunes.pruning.loop`) and logs what it reports: a curve point per validation (step = prunes

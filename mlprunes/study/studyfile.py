@@ -304,6 +304,11 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         what = f"prunes of {round_to} channels" if round_to > 1 else "channels"
         raise StageError(f"{source}: prune.prunes = {prunes} is more than the {limit} {what} "
                          f"{base.name} can lose" + (" with keep_one" if keep_one else ""))
+    if round_to > 1 and scratch.get("init") == "sliced" and any(
+            m > f for m, f in zip(base.mids, make_spec(**network, num_classes=10).full_mids())):
+        raise StageError(f"{source}: network.round_to = {round_to} makes {base.name} wider than "
+                         f"itself in some block ({list(base.mids)}), which scratch.init = "
+                         f"\"sliced\" cannot cut from the full network; use init = \"fresh\"")
     if schedule.get("flops_penalty") and "fisher" not in schedule.get("criteria", ("fisher",)):
         raise StageError(f"{source}: prune.flops_penalty weighs Fisher's estimated loss "
                          f"increase against FLOPs; the criteria have no fisher")
