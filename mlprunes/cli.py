@@ -443,10 +443,6 @@ def family(prune_run_id, prunes, budgets, budget, max_epoch_factor, init, round_
     """Scale one pruned width profile to several budgets; train each from scratch."""
     from mlprunes.stages import family as stage
 
-    if round_to is None:  # a profile pruned R at a time scales to multiples of R
-        from mlprunes.stages import contract
-
-        round_to = contract.load_pruned_source(prune_run_id).round_to
     job = FamilyJob(prune_run_id=prune_run_id, prunes=prunes, budgets=budgets, budget=budget,
                     max_epoch_factor=max_epoch_factor, init=init, round_to=round_to, run=run,
                     run_name=run_name, log_model=log_model)

@@ -319,7 +319,8 @@ class FamilyJob(Job):
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None     # Scratch-B: cap on epochs / base epochs
     init: str = "fresh"                       # fresh | sliced (from a full-network init)
-    round_to: int = 1                         # members' widths: multiples of this
+    round_to: int | None = None               # members' widths: multiples of this [the
+    #                                           prune run's --round-to]
     data: DataChoice = DataChoice()           # over the prune run's data
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
@@ -355,7 +356,7 @@ class FamilyMemberJob(Job):
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None
     init: str = "fresh"
-    round_to: int = 1
+    round_to: int | None = None
     data: DataChoice = DataChoice()
     run: RunConfig = RunConfig()
 

@@ -5,6 +5,7 @@ and the pipeline read it. Stages share nothing but this and run IDs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -21,10 +22,11 @@ from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchError, ArchSpec
 from mlprunes.counting import count_params
-from mlprunes.engine.checkpoint import CheckpointError, load_checkpoint
+from mlprunes.engine.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from mlprunes.engine.recipes import Recipe
 from mlprunes.errors import Claimed, StageError
 from mlprunes.jobs import KEY_VERSION, DataConfig, Job
+from mlprunes.nets import build
 from mlprunes.pruning import spec_after
 from mlprunes.stages import kept, tracking
 
@@ -472,3 +474,56 @@ def _read_pruned_source(prune_run_id: str) -> PrunedSource:
         raise StageError(f"prune run {prune_run_id}'s {PRUNE_HISTORY} or {ARCH} is not valid "
                          f"({err})") from None
     return PrunedSource(run, base, spec, history)
+
+
+# -- a run's network, as evaluate and export read it ------------------------------------------
+
+def source_checkpoint(run_id: str, stage: str, prunes: int | None,
+                      near_params: float | None = None) -> str:
+    """The artifact to evaluate: a trained run's final network, or a prune run's masked
+    checkpoint at `prunes` (by default its last, or the one whose parameter count is nearest
+    `near_params` on a log scale)."""
+    if stage != PRUNE:
+        if prunes is not None:
+            raise StageError("--prunes applies to prune runs only")
+        tracking.require_artifact(run_id, FINAL)
+        return FINAL
+    counts = saved_prune_counts(run_id)
+    if not counts:
+        raise StageError(f"prune run {run_id} saved no masked checkpoint")
+    if prunes is None and near_params is not None:
+        prunes = nearest_in_size(counts, tracking.metric_steps(run_id, "params"), near_params)
+    if prunes is None:
+        prunes = counts[-1]
+    if prunes not in counts:
+        raise StageError(f"prune run {run_id} saved no checkpoint at {prunes} prunes; it has "
+                         f"{', '.join(map(str, counts))}")
+    return prune_checkpoint(prunes)
+
+
+def nearest_in_size(counts: list[int], params_at: dict[int, float], params: float) -> int:
+    """Of the saved prune counts, the one whose network is nearest `params` in ratio (the
+    last when no count has its size logged)."""
+    sized = [c for c in counts if params_at.get(c, 0) > 0]
+    if not sized or params <= 0:
+        return counts[-1]
+    return min(sized, key=lambda c: abs(math.log(params_at[c] / params)))
+
+
+def load_network(run_id: str, artifact: str, source, device, tmp):
+    """The masked network of a run's checkpoint (a trained network with every mask on: what
+    pruning would start from)."""
+    checkpoint = load_run_checkpoint(run_id, artifact, tmp)
+    stage = source.data.tags.get(TAG_STAGE)
+    if artifact != FINAL or stage != PRUNE:  # a prune run's final is compressed
+        check_logged_arch(source, checkpoint["spec"], artifact)
+    try:
+        model = model_from_checkpoint(checkpoint)
+    except CheckpointError as err:
+        raise StageError(f"run {run_id}'s {artifact}: {err}") from None
+    if checkpoint["masked"]:
+        masked = model
+    else:
+        masked = build(model.spec, masked=True)
+        masked.load_state_dict(model.state_dict(), strict=False)
+    return masked.to(device).eval()

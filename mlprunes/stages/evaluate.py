@@ -3,74 +3,19 @@ compressed, as a run that points back at its source."""
 
 from __future__ import annotations
 
-import math
-
 import mlflow
 import torch
 
 from mlprunes.counting import size_metrics
-from mlprunes.engine.checkpoint import CheckpointError, model_from_checkpoint
 from mlprunes.engine.evaluate import evaluate
 from mlprunes.engine.export import export_network, load_exported, onnx_available
 from mlprunes.engine.latency import MAX_SPREAD, measure_latencies
 from mlprunes.engine.trainer import autocast_dtype
 from mlprunes.errors import StageError
 from mlprunes.jobs import EvaluateJob
-from mlprunes.nets import build
 from mlprunes.pruning import compress
 from mlprunes.stages import contract, tracking
 from mlprunes.stages.common import load_splits, make_loaders, say
-
-
-def source_checkpoint(run_id: str, stage: str, prunes: int | None,
-                      near_params: float | None = None) -> str:
-    """The artifact to evaluate: a trained run's final network, or a prune run's masked
-    checkpoint at `prunes` (by default its last, or the one whose parameter count is nearest
-    `near_params` on a log scale)."""
-    if stage != contract.PRUNE:
-        if prunes is not None:
-            raise StageError("--prunes applies to prune runs only")
-        tracking.require_artifact(run_id, contract.FINAL)
-        return contract.FINAL
-    counts = contract.saved_prune_counts(run_id)
-    if not counts:
-        raise StageError(f"prune run {run_id} saved no masked checkpoint")
-    if prunes is None and near_params is not None:
-        prunes = nearest_in_size(counts, tracking.metric_steps(run_id, "params"), near_params)
-    if prunes is None:
-        prunes = counts[-1]
-    if prunes not in counts:
-        raise StageError(f"prune run {run_id} saved no checkpoint at {prunes} prunes; it has "
-                         f"{', '.join(map(str, counts))}")
-    return contract.prune_checkpoint(prunes)
-
-
-def nearest_in_size(counts: list[int], params_at: dict[int, float], params: float) -> int:
-    """Of the saved prune counts, the one whose network is nearest `params` in ratio (the
-    last when no count has its size logged)."""
-    sized = [c for c in counts if params_at.get(c, 0) > 0]
-    if not sized or params <= 0:
-        return counts[-1]
-    return min(sized, key=lambda c: abs(math.log(params_at[c] / params)))
-
-
-def load_network(run_id: str, artifact: str, source, device, tmp):
-    """The masked network of a run's checkpoint (a trained network with every mask on: what
-    pruning would start from)."""
-    checkpoint = contract.load_run_checkpoint(run_id, artifact, tmp)
-    stage = source.data.tags.get(contract.TAG_STAGE)
-    if artifact != contract.FINAL or stage != contract.PRUNE:  # a prune run's final is compressed
-        contract.check_logged_arch(source, checkpoint["spec"], artifact)
-    try:
-        model = model_from_checkpoint(checkpoint)
-    except CheckpointError as err:
-        raise StageError(f"run {run_id}'s {artifact}: {err}") from None
-    if checkpoint["masked"]:
-        masked = model
-    else:
-        masked = build(model.spec, masked=True)
-        masked.load_state_dict(model.state_dict(), strict=False)
-    return masked.to(device).eval()
 
 
 def run(job: EvaluateJob, parent_run_id: str | None = None,
@@ -84,15 +29,15 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
             raise StageError(f"run {job.match_run_id} was trained on other data than run "
                              f"{job.run_id}; match networks of one study")
     near = matched_run.data.metrics.get("params") if matched_run is not None else None
-    artifact = source_checkpoint(job.run_id, stage, job.prunes, near)
+    artifact = contract.source_checkpoint(job.run_id, stage, job.prunes, near)
     splits = load_splits(contract.data_of(source))
     loaders = make_loaders(splits, job.batch_size, job.run)
     device = loaders.test.device
     with tracking.scratch_dir("evaluate") as tmp:
-        masked = load_network(job.run_id, artifact, source, device, tmp / "source")
+        masked = contract.load_network(job.run_id, artifact, source, device, tmp / "source")
         networks = {"masked": masked, "compressed": compress(masked).eval()}
         if matched_run is not None:
-            networks["matched"] = compress(load_network(job.match_run_id, contract.FINAL,
+            networks["matched"] = compress(contract.load_network(job.match_run_id, contract.FINAL,
                                                     matched_run, device, tmp / "matched")).eval()
     compact = networks["compressed"]
     result = evaluate(compact, loaders.test, autocast_dtype(job.run.precision, device))

@@ -13,7 +13,6 @@ from mlprunes.errors import StageError
 from mlprunes.pruning import compress
 from mlprunes.stages import contract, tracking
 from mlprunes.stages.common import say
-from mlprunes.stages.evaluate import load_network, source_checkpoint
 
 EXPORTS = "exports"   # where a logged export goes among the run's artifacts
 CHECK_BATCH = 8
@@ -22,10 +21,10 @@ CHECK_BATCH = 8
 def run(run_id: str, prunes: int | None, fmt: str, out: Path, log_artifact: bool) -> Path:
     source = contract.get_run(run_id, stage=contract.EVALUABLE)
     stage = source.data.tags[contract.TAG_STAGE]
-    artifact = source_checkpoint(run_id, stage, prunes)
+    artifact = contract.source_checkpoint(run_id, stage, prunes)
     size = contract.data_of(source).image_size or 32
     with tracking.scratch_dir("export") as tmp:
-        masked = load_network(run_id, artifact, source, torch.device("cpu"), tmp)
+        masked = contract.load_network(run_id, artifact, source, torch.device("cpu"), tmp)
     compact = compress(masked).eval()
     generator = torch.Generator().manual_seed(0)
     batch = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)

@@ -19,8 +19,10 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
     if resume_run_id is not None:
         contract.check_resumable(resume_run_id, job, parent_run_id)
     profile = source.spec_at(job.prunes)
+    # A profile pruned R channels at a time scales to multiples of R, unless told otherwise.
+    round_to = job.round_to if job.round_to is not None else source.round_to
     try:  # every budget checked before any run
-        members = [scale_to_budget(profile, b, job.round_to) for b in job.budgets]
+        members = [scale_to_budget(profile, b, round_to) for b in job.budgets]
     except ValueError as err:
         raise StageError(str(err)) from None
     for member in members:
@@ -40,7 +42,7 @@ def run(job: FamilyJob, parent_run_id: str | None = None,
         tracking.log_params({"prune_run_id": source.run_id, "prunes": job.prunes,
                              "budgets": list(job.budgets), "budget": job.budget,
                              "max_epoch_factor": job.max_epoch_factor or "", "init": job.init,
-                             "round_to": job.round_to, "profile": profile.to_json(),
+                             "round_to": round_to, "profile": profile.to_json(),
                              **vars(data), "seed": job.run.seed})
         mlflow.log_text(spec_json(profile), contract.PROFILE_ARCH)
         rows = []
