@@ -2,8 +2,9 @@
 
 - Options print under headings (the command's own first, then architecture, data, recipe,
   run), each group's heading set where the group is defined (`help_group`).
-- Every boolean is a switch, `--x/--no-x`. `mlflow run -P x=true` passes extra parameters as
-  `--x true`, so a switch followed by true/false (yes/no, 1/0) is read as `--x` or `--no-x`.
+- Every boolean is a switch, `--x/--no-x` (or a plain flag where only one sense makes sense).
+  `mlflow run -P x=true` passes extra parameters as `--x true`, so a boolean followed by
+  true/false (yes/no, 1/0, on/off) is read as the switch it means.
 - A command's examples (`examples(...)`) print after its options.
 """
 
@@ -24,15 +25,6 @@ def examples(*lines: str):
     """Attach example command lines to a command (printed after its options)."""
     def decorate(fn):
         fn.__mlprunes_examples__ = lines
-        return fn
-    return decorate
-
-
-def in_group(title: str, option_decorator):
-    """`option_decorator` (a click.option) with its option printed under `title`."""
-    def decorate(fn):
-        fn = option_decorator(fn)
-        fn.__click_params__[-1].help_group = title
         return fn
     return decorate
 
@@ -77,24 +69,32 @@ class Group(click.Group):
 
 
 def switch_values(params, args: list[str]) -> list[str]:
-    """`--x true` as `--x`, `--x false` as `--no-x`, for each switch of `params`."""
-    switches = {}
+    """Booleans given a value, as `mlflow run -P x=VALUE` passes them (`--x VALUE`): for a
+    switch, `--x true` is `--x` and `--x false` is `--no-x` (`--no-x false` is `--x`); for a
+    plain flag, `--x true` is `--x` and `--x false` is nothing. Stops at `--`."""
+    meaning: dict[str, tuple[str | None, str | None]] = {}   # name -> (when true, when false)
     for p in params:
-        if isinstance(p, click.Option) and p.is_flag and p.secondary_opts:
-            for name in p.opts:
-                switches[name] = (p.opts[0], p.secondary_opts[0])
+        if not (isinstance(p, click.Option) and p.is_flag and p.is_bool_flag):
+            continue
+        on, off = p.opts[0], (p.secondary_opts[0] if p.secondary_opts else None)
+        for name in p.opts:
+            meaning[name] = (on, off)
+        for name in p.secondary_opts:
+            meaning[name] = (off, on)
     out, i = [], 0
     while i < len(args):
         arg = args[i]
-        following = args[i + 1].lower() if i + 1 < len(args) else None
-        if arg in switches and following in TRUE | FALSE:
-            out.append(switches[arg][0] if following in TRUE else switches[arg][1])
-            i += 2
-            continue
+        if arg == "--":
+            return out + args[i:]
         name, eq, value = arg.partition("=")
-        if eq and name in switches and value.lower() in TRUE | FALSE:
-            out.append(switches[name][0] if value.lower() in TRUE else switches[name][1])
-        else:
-            out.append(arg)
+        if not eq:
+            name, value = arg, (args[i + 1] if i + 1 < len(args) else "")
+        word = value.lower()
+        if name in meaning and word in TRUE | FALSE:
+            chosen = meaning[name][0] if word in TRUE else meaning[name][1]
+            out += [chosen] if chosen else []
+            i += 1 if eq else 2
+            continue
+        out.append(arg)
         i += 1
     return out

@@ -398,8 +398,10 @@ class CompareJob(Job):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_ids", tuple(self.run_ids))
-        if self.register is not None and not self.register.strip():
-            raise StageError("--register needs a model name")
+        if self.register is not None and (not self.register.strip()
+                                          or any(c in self.register for c in "/:")):
+            raise StageError(f"--register needs a model name without / or :, got "
+                             f"{self.register!r}")
 
 
 def criterion_label(criterion: str, flops_penalty: float = 0.0, round_to: int = 1) -> str:

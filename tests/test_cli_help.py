@@ -55,10 +55,19 @@ def test_prune_help_groups_options_and_says_what_defaults_mean_for_pruning():
     (["--download=yes", "--compile", "0"], ["--download", "--no-compile"]),
     (["--keep-one", "--prunes", "3"], ["--keep-one", "--prunes", "3"]),   # a plain switch
     (["--run-name", "true"], ["--run-name", "true"]),                     # not a switch
+    (["--no-keep-one", "false"], ["--keep-one"]),
+    (["--", "--keep-one", "true"], ["--", "--keep-one", "true"]),
 ])
 def test_a_switch_given_a_value_as_mlflow_run_passes_it(given, read):
     prune = main.commands["prune"]
     assert switch_values(prune.params, given) == read
+
+
+def test_a_plain_flag_given_a_value():
+    pipeline = main.commands["pipeline"]
+    assert switch_values(pipeline.params, ["--dry-run", "true"]) == ["--dry-run"]
+    assert switch_values(pipeline.params, ["--dry-run", "false", "--seeds", "1"]) == \
+        ["--seeds", "1"]
 
 
 def test_mlproject_style_values_reach_the_job(monkeypatch):

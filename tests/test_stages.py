@@ -278,7 +278,7 @@ def test_round_to_and_flops_penalty_through_prune_scratch_and_family(base_run, t
     assert all(w % 8 == 0 for w in widths) and int(members[0]["params"]) <= 40000
 
 
-def test_compare_registers_the_pareto_front_with_aliases_by_size(store):
+def test_compare_registers_the_pareto_front_with_aliases_by_size(store, monkeypatch):
     """A base network, its pruned child and a smaller network trained on its own: the
     registered versions are exactly the runs no other run beats in both size and error."""
     import torch
@@ -298,17 +298,34 @@ def test_compare_registers_the_pareto_front_with_aliases_by_size(store):
              if not any(q <= p and f <= e and (q, f) != (p, e) for q, f in points.values())}
     assert pruned in points and len(points) == 3
 
+    # As a fresh process would: no experiment chosen by earlier commands.
+    import mlflow.tracking.fluent as fluent
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
     result = cli("compare", "--register", "tiny-front")
     versions = client.search_model_versions("name = 'tiny-front'")
     assert {v.run_id for v in versions} == front
+    assert len(versions) == len(front)
+    again = cli("compare", "--register", "tiny-front")    # nothing registered twice
+    assert again.exit_code == 0
+    assert len(client.search_model_versions("name = 'tiny-front'")) == len(front)
     model = client.get_registered_model("tiny-front")
     smallest = min(front, key=lambda i: points[i][0])
     accurate = min(front, key=lambda i: points[i][1])
     by_version = {v.version: v.run_id for v in versions}
     assert by_version[model.aliases["smallest"]] == smallest
     assert by_version[model.aliases["most-accurate"]] == accurate
-    assert all(f"params-{points[i][0] / 1e3:.0f}k" in model.aliases for i in front)
+    assert all(f"params-{points[i][0] / 1e3:.3g}k".replace(".", "_") in model.aliases
+               for i in front)
     net = mlflow.pytorch.load_model("models:/tiny-front@smallest")   # by alias, as users will
     assert net(torch.randn(2, 3, 8, 8)).shape[0] == 2
     note = client.get_run(result.run_id).data.tags["mlflow.note.content"]
     assert "**Registered** as `tiny-front`" in note
+    # Networks of other data do not compete with these: refused before any run.
+    other = list(logged)
+    other[other.index("--image-size") + 1] = "12"
+    cli(*other).run_id
+    mixed = cli("compare", "--register", "tiny-front")
+    assert mixed.exit_code != 0 and "kinds of data" in mixed.error_lines[0]
+    assert cli("compare", "--register", "a/b").error_lines[0].startswith(
+        "Error: --register needs a model name without / or :")

@@ -31,7 +31,8 @@ def pareto_runs(records):
 
 
 def size_alias(params: float) -> str:
-    """A registry alias naming a network by its size: `params-23k`, `params-1_2m`."""
+    """A registry alias naming a network by its size, to three figures: `params-23_2k`,
+    `params-1_23m` (an alias allows no `.`)."""
     if params >= 1e6:
-        return f"params-{params / 1e6:.1f}m".replace(".", "_")
-    return f"params-{params / 1e3:.0f}k"
+        return f"params-{params / 1e6:.3g}m".replace(".", "_")
+    return f"params-{params / 1e3:.3g}k".replace(".", "_")

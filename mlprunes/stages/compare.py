@@ -8,12 +8,13 @@ from typing import Sequence
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchError, ArchSpec
 from mlprunes.report.answers import answer_all, answer_metrics, answers_markdown
 from mlprunes.report.html import render
-from mlprunes.report.pareto import pareto_runs, size_alias
+from mlprunes.report.pareto import NETWORK_STAGES, pareto_runs, size_alias
 from mlprunes.report.plots import draw_all
 from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
 from mlprunes.report.table import CONFIG_COLUMNS, configurations, rows, write_csv
@@ -194,7 +195,8 @@ def run(job: CompareJob, parent_run_id: str | None = None,
         raise StageError("no finished mlprunes runs to compare")
     records = build_records(runs)
     answers = answer_all(records)
-    front = front_models(job.register, records) if job.register else []
+    front = (front_models(job.register, records,
+                          sorted({r.info.experiment_id for r in runs})) if job.register else [])
     tags = {contract.TAG_COMPARED_RUNS: str(len(records))}
     if job.parent_run_id:
         tags[contract.TAG_STUDY_PARENT] = job.parent_run_id
@@ -224,13 +226,22 @@ def run(job: CompareJob, parent_run_id: str | None = None,
         return run.info.run_id
 
 
-def front_models(name: str, records) -> list[tuple[RunRecord, str]]:
+def front_models(name: str, records, experiment_ids: list[str]) -> list[tuple[RunRecord, str]]:
     """The Pareto-front networks (smallest first) with the ID of each one's logged model;
-    an error, before any run, if none has one."""
+    an error, before any run, if the runs hold more than one kind of data (their networks do
+    not compete) or if none on the front has a model."""
+    kinds = {(r.data, r.spec.num_classes if r.spec else None) for r in records
+             if r.stage in NETWORK_STAGES}
+    if len(kinds) > 1:
+        raise StageError(f"--register {name}: the runs compared hold networks of "
+                         f"{len(kinds)} kinds of data ({', '.join(sorted(str(k[0]) for k in kinds))}"
+                         f"), which do not compete on one front; compare one study "
+                         f"(--parent-run-id) or give --run-ids")
     found = []
     for record in pareto_runs(records):
         models = mlflow.search_logged_models(
-            filter_string=f"source_run_id = '{record.run_id}'", output_format="list")
+            experiment_ids=experiment_ids, filter_string=f"source_run_id = '{record.run_id}'",
+            output_format="list")
         if models:
             found.append((record, models[0].model_id))
         else:
@@ -244,22 +255,38 @@ def front_models(name: str, records) -> list[tuple[RunRecord, str]]:
 
 
 def register(name: str, front: list[tuple[RunRecord, str]]) -> list[str]:
-    """Register the front's logged models as versions of `name`, each with an alias by its
-    size (`params-23k`), the smallest `smallest` and the most accurate `most-accurate`; return
-    one line per version."""
+    """Register the front's logged models as versions of `name` (a model registered before is
+    not registered again), each with an alias by its size (`params-23_2k`), the smallest
+    `smallest` and the most accurate `most-accurate`; size aliases of networks no longer on the
+    front are removed. Return one line per version."""
     client = MlflowClient()
-    lines = []
+    try:
+        earlier = {v.source: v.version
+                   for v in client.search_model_versions(f"name = '{name}'")}
+    except MlflowException:
+        earlier = {}
+    lines, sizes = [], set()
     for i, (record, model_id) in enumerate(front):
-        version = mlflow.register_model(f"models:/{model_id}", name).version
-        aliases = [size_alias(record.params)]
-        aliases += ["smallest"] if i == 0 else []
+        source = f"models:/{model_id}"
+        version = earlier.get(source) or mlflow.register_model(source, name).version
+        alias = size_alias(record.params)
+        while alias in sizes:          # two networks of one size: both keep an alias
+            alias += "-b"
+        sizes.add(alias)
+        aliases = [alias] + (["smallest"] if i == 0 else [])
         aliases += ["most-accurate"] if i == len(front) - 1 else []
-        for alias in aliases:
-            client.set_registered_model_alias(name, alias, version)
+        for a in aliases:
+            client.set_registered_model_alias(name, a, version)
         lines.append(f"version {version} ({', '.join(aliases)}): {record.name}, "
                      f"{record.params:,.0f} params, {record.test_error:.2f}% test error")
         say(f"[compare] registered {name} {lines[-1]}")
+    for stale in set(client.get_registered_model(name).aliases) - sizes:
+        if stale.startswith("params-"):
+            client.delete_registered_model_alias(name, stale)
     return lines
+
+
+ANSWERS_IN_DESCRIPTION = 5000
 
 
 def description(run, compared: int, job: CompareJob, answers,
@@ -268,11 +295,14 @@ def description(run, compared: int, job: CompareJob, answers,
     source = (f"the study of pipeline run `{job.parent_run_id}`" if job.parent_run_id
               else f"{compared} finished runs")
     report = tracking.ui_link(run, "report.html", relative=True)
+    listed = answers_markdown(answers)
+    if len(listed) > ANSWERS_IN_DESCRIPTION:  # a tag holds 8,000 characters
+        listed = (listed[:ANSWERS_IN_DESCRIPTION].rsplit("\n", 1)[0]
+                  + "\n\n(more in `answers.json` and the report)")
     text = (f"**Report:** [report.html]({report}) (Artifacts tab), with plots, "
             f"`answers.json`, `runs.csv` and `configurations.csv` beside it.\n\n"
             f"Compares {source} ({compared} runs).\n\n"
-            f"**Answers** (difference first - second, 95% CI, n seeds):\n\n"
-            f"{answers_markdown(answers)}\n")
+            f"**Answers** (difference first - second, 95% CI, n seeds):\n\n{listed}\n")
     if registered:
         text += (f"\n**Registered** as `{job.register}` (the Pareto front of parameters and "
                  f"test error):\n\n" + "\n".join(f"- {line}" for line in registered) + "\n")

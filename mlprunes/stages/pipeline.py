@@ -194,8 +194,9 @@ def description(used: list[Step], failures: Sequence[Failure], compare_id: str |
                      f"[{compare_id}]({tracking.ui_link(compare, relative=True)}).\n")
     lines.append(f"Study **{study}**: {len(used)} steps ({sum(s.how == NEW for s in used)} new, "
                  f"{sum(s.how == REUSED for s in used)} reused, "
-                 f"{sum(s.how == RESUMED for s in used)} resumed); the runs are this run's "
-                 f"children, the plan is `study.toml` and the steps `pipeline_runs.csv`.")
+                 f"{sum(s.how == RESUMED for s in used)} resumed); the new ones are this run's "
+                 f"children, `pipeline_runs.csv` lists every step's run and `study.toml` the "
+                 f"plan.")
     if failures:
         lines.append(f"\n**{len(failures)} job(s) failed or were skipped**: "
                      + ", ".join(f"`{f.node}` ({f.how})" for f in failures))

@@ -329,7 +329,8 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
                                tags=all_tags)
     with run:
         mlflow.set_tags(all_tags)
-        mark_experiment_kind(run.info.experiment_id)
+        with suppress(Exception):  # how the UI opens it; never a reason to fail a run
+            mark_experiment_kind(run.info.experiment_id)
         try:
             yield run
         except BaseException as err:

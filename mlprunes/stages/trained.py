@@ -170,7 +170,7 @@ def log_final(model: torch.nn.Module, amp_dtype, loaders: Loaders, image_size, t
     return metrics
 
 
-def model_name(text: str) -> str:
+def logged_model_name(text: str) -> str:
     """`text` as a logged model's name: MLflow refuses / : . % and quotes in one."""
     return re.sub(r"[/:.%\"'\s]", "_", text)
 
@@ -179,7 +179,7 @@ def network_model_name(spec: ArchSpec) -> str:
     """A trained network's model name: its name, and its channel count when its widths are
     not the family's own (a bottleneck, rounded widths)."""
     custom = spec.mids != spec.full_mids()
-    return model_name(spec.name + (f"-c{spec.prunable_channels}" if custom else ""))
+    return logged_model_name(spec.name + (f"-c{spec.prunable_channels}" if custom else ""))
 
 
 def log_network(model: torch.nn.Module, image_size, name: str = "model") -> str:
@@ -189,7 +189,7 @@ def log_network(model: torch.nn.Module, image_size, name: str = "model") -> str:
 
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     example = np.zeros((2, 3, *image_size), dtype=np.float32)
-    info = mlflow.pytorch.log_model(model, name=model_name(name), input_example=example,
+    info = mlflow.pytorch.log_model(model, name=logged_model_name(name), input_example=example,
                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                                       "mlprunes"])
     return info.model_id
