@@ -140,8 +140,9 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                         for f in plan.family_budgets)
         graph.add(f"family{suffix}", FamilyJob(
             prune_run_id=prunes[first], prunes=plan.prunes, budgets=budgets,
-            budget=plan.family_budget, init=plan.init, round_to=plan.round_to, data=located,
-            run=run,
+            # round_to left to the stage: the prune run's, which is the study's (and so the
+            # key is the one `mlprunes family` typed by hand makes).
+            budget=plan.family_budget, init=plan.init, data=located, run=run,
             log_model=log_model,
             max_epoch_factor=(plan.max_epoch_factor if plan.family_budget == "scratch-b"
                               else None),
