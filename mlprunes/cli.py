@@ -316,7 +316,8 @@ def describe(arch: ArchChoice, image_size, as_json):
 
 @main.command(short_help="Train a network from scratch: a base or a reduced baseline.")
 @examples('mlprunes train --arch wrn --depth 40 --width 2 --dataset cifar10 --download',
-          'mlprunes train --arch wrn --depth 16 --width 1 --dataset shapes --epochs 30 --schedule cosine')
+          'mlprunes train --arch wrn --depth 16 --width 1 --dataset shapes --epochs 30 '
+          '--schedule cosine')
 @ARCH.apply
 @DATA.apply
 @RECIPE.apply

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 FORMATS = ("onnx", "pt2", "torchscript")
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 # Exported and masked networks compute in float32 through different kernels: they agree to
 # about 1e-6 here; a wrong export (a lost channel, a wrong slice) differs by orders more.
 TOLERANCE = 1e-4

@@ -233,10 +233,10 @@ def front_models(name: str, records, experiment_ids: list[str]) -> list[tuple[Ru
     kinds = {(r.data, r.spec.num_classes if r.spec else None) for r in records
              if r.stage in NETWORK_STAGES}
     if len(kinds) > 1:
-        raise StageError(f"--register {name}: the runs compared hold networks of "
-                         f"{len(kinds)} kinds of data ({', '.join(sorted(str(k[0]) for k in kinds))}"
-                         f"), which do not compete on one front; compare one study "
-                         f"(--parent-run-id) or give --run-ids")
+        data = ", ".join(sorted(str(k[0]) for k in kinds))
+        raise StageError(f"--register {name}: the runs compared hold networks of {len(kinds)} "
+                         f"kinds of data ({data}), which do not compete on one front; compare "
+                         f"one study (--parent-run-id) or give --run-ids")
     found = []
     for record in pareto_runs(records):
         models = mlflow.search_logged_models(

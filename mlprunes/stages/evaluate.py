@@ -55,8 +55,9 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
         masked = contract.load_network(job.run_id, artifact, source, device, tmp / "source")
         networks = {"masked": masked, "compressed": compress(masked).eval()}
         if matched_run is not None:
-            networks["matched"] = compress(contract.load_network(job.match_run_id, contract.FINAL,
-                                                    matched_run, device, tmp / "matched")).eval()
+            matched = contract.load_network(job.match_run_id, contract.FINAL, matched_run,
+                                            device, tmp / "matched")
+            networks["matched"] = compress(matched).eval()
     compact = networks["compressed"]
     result = evaluate(compact, loaders.test, autocast_dtype(job.run.precision, device))
     size = splits.image_size

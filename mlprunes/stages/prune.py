@@ -15,7 +15,6 @@ from typing import Any
 
 import mlflow
 
-from mlprunes.arch import ArchSpec
 from mlprunes.engine.checkpoint import save_checkpoint
 from mlprunes.engine.trainer import Trainer, seed_everything
 from mlprunes.errors import StageError
@@ -104,7 +103,8 @@ def run(job: PruneJob, parent_run_id: str | None = None,
 
             def log_checkpoint(prunes: int, checkpoint: dict[str, Any]) -> None:
                 _log_saved(run_id, prunes, checkpoint, pruner.history,
-                           checkpoint["meta"]["curve"], job)
+                           checkpoint["meta"]["curve"], checkpoint_widths(spec, pruner.history,
+                                                                          prunes, job))
 
             prune_while_finetuning(trainer, pruner, job.schedule, loaders.eval,
                                    splits.image_size, start=start, curve=curve,
@@ -151,7 +151,7 @@ def checkpoint_widths(spec, history: list[int], prunes: int, job: PruneJob) -> d
 
 
 def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: list[int],
-               curve: list[dict[str, Any]], job: PruneJob) -> None:
+               curve: list[dict[str, Any]], widths: dict[str, list]) -> None:
     """A masked checkpoint, and the history and curve so far (overwritten at each save), all
     written before a stop signal takes effect. The newest checkpoint is also kept on this
     machine, in case the store is lost before it takes the upload."""
@@ -162,8 +162,7 @@ def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: li
         kept.uploaded(path)
         kept.keep_only(path)
         mlflow.log_text(json.dumps(history), contract.PRUNE_HISTORY)
-        mlflow.log_text(json.dumps(checkpoint_widths(ArchSpec.from_json(checkpoint["arch"]), history, prunes, job),
-                                   indent=1), contract.CHECKPOINT_WIDTHS)
+        mlflow.log_text(json.dumps(widths, indent=1), contract.CHECKPOINT_WIDTHS)
         tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
 
 

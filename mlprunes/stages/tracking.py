@@ -249,6 +249,11 @@ def mark_experiment_kind(experiment_id: str) -> None:
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
+def _is_server(uri: str) -> bool:
+    """A tracking server, whose address is also its UI's."""
+    return uri.startswith(("http://", "https://"))
+
+
 def ui_link(run: Run, artifact: str = "", relative: bool = False) -> str:
     """The run's page in the MLflow UI (or one of its artifacts), opened in model-training mode
     (MLflow 3.17 opens every experiment as GenAI unless the URL says
@@ -256,7 +261,7 @@ def ui_link(run: Run, artifact: str = "", relative: bool = False) -> str:
     `mlflow ui` serves by default for a local one. `relative`: the hash route alone, for links
     inside the UI (run descriptions), which then work on whatever address serves it."""
     uri = tracking_uri()
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
+    base = uri.rstrip("/") if _is_server(uri) else DEFAULT_UI
     path = f"/artifacts/{artifact}" if artifact else ""
     route = (f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{path}"
              f"?workflowType=machine_learning")
@@ -278,7 +283,7 @@ def ui_hint(run: Run) -> str:
     """The line a command prints at its end: where to look at its run."""
     uri = tracking_uri()
     line = f"MLflow UI: {ui_link(run)}"
-    if not uri.startswith(("http://", "https://")):
+    if not _is_server(uri):
         line += f"\n  (serve this store first: mlflow ui --backend-store-uri {absolute_uri(uri)})"
     return line
 
