@@ -1,20 +1,30 @@
 """The architecture description: one small JSON value that every other part is driven by.
 
 A full network, a uniform bottleneck, a pruned network and a scaled family member differ only in
-`mids`, the middle width of every prunable block (the outputs of a WRN block's first conv, the
-bottleneck width of a DenseNet-BC layer). Networks are built from it (`mlprunes.nets.build`),
-counted from it without being built (`mlprunes.counting`), and rebuilt from a prune history.
+`mids`, the width of every prunable channel group. Networks are built from it
+(`mlprunes.nets.build`), counted from it (`mlprunes.counting`), and rebuilt from a prune history.
+
+Two kinds of description share that interface:
+- `ArchSpec`, the seed's two families (`wrn`, `densenet`), whose structure is written out in
+  `mlprunes.nets` and whose groups are the middle channels of every block;
+- `GraphSpec`, any other network: a builder and its arguments (ours, `resnet` and `vgg`; a
+  `torchvision:NAME` classifier; a user's `package.module:factory`), the input shape, and the
+  widths of its prunable channel groups, each named after the module that produces it. Which
+  layers share a channel is found by a dependency graph (`mlprunes.groups`).
 """
 
 from __future__ import annotations
 
-import math
-
+import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 FAMILIES = ("wrn", "densenet")
+GRAPH_BUILDERS = ("resnet", "vgg")     # ours, described by their dependency graph
+GROUP_RULES = ("internal", "all")
 
 
 class ArchError(ValueError):
@@ -74,6 +84,11 @@ class ArchSpec:
         return sum(self.mids)
 
     @property
+    def can_empty_groups(self) -> bool:
+        """A WRN block emptied is its shortcut, a DenseNet layer adds zeros: blocks may vanish."""
+        return True
+
+    @property
     def name(self) -> str:
         """The family member's short name, e.g. `wrn-40-2` or `densenet-bc-100-12` (the middle
         widths are not part of it)."""
@@ -103,7 +118,10 @@ class ArchSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ArchSpec":
+    def from_dict(cls, data: dict[str, Any]) -> "Spec":
+        """A description of either kind: one with a `builder` is a `GraphSpec`."""
+        if isinstance(data, dict) and "builder" in data:
+            return GraphSpec.from_dict(data)
         known = {"family", "depth", "num_classes", "mids", "width", "growth", "reduction"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -114,7 +132,7 @@ class ArchSpec:
         return cls(**{k: data[k] for k in known if k in data})
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> "Spec":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -122,6 +140,140 @@ class ArchSpec:
         if not isinstance(data, dict):
             raise ArchError("json", "expected a JSON object")
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Any convolutional network: `builder` called with `args` (and `num_classes`), traced at
+    `input_size` (channels, height, width), with the widths `mids` of its prunable channel
+    groups `names` (each named after the module that produces the channel: `layer1.0.conv1`).
+
+    `groups` is the rule that chose them: `internal`, the channels no residual add or
+    concatenation couples (the paper's rule), or `all`. The classifier's outputs are never a
+    group. Building, counting and checking the names against the network need the builder,
+    which `mlprunes.nets.builders` imports only when it is ours, torchvision's, or in a module
+    the user allows; this class itself never imports anything.
+    """
+
+    builder: str
+    num_classes: int
+    names: tuple[str, ...]
+    mids: tuple[int, ...]
+    args_json: str = "{}"
+    input_size: tuple[int, int, int] = (3, 32, 32)
+    groups: str = "internal"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "mids", tuple(self.mids))
+        object.__setattr__(self, "input_size", tuple(self.input_size))
+        _validate_graph(self)
+
+    # -- what the rest of mlprunes reads, as of an ArchSpec -----------------------------------
+
+    @property
+    def family(self) -> str:
+        """The builder, as `--arch` spells it."""
+        return self.builder
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return json.loads(self.args_json)
+
+    @property
+    def depth(self) -> int | None:
+        return self.args.get("depth")
+
+    width = None
+    growth = None
+    reduction = None
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.mids)
+
+    @property
+    def prunable_channels(self) -> int:
+        return sum(self.mids)
+
+    @property
+    def can_empty_groups(self) -> bool:
+        """A group of a traced network keeps at least one channel: nothing in its structure
+        says what a layer with no inputs or outputs would become."""
+        return False
+
+    def full_mids(self) -> tuple[int, ...]:
+        """The group widths of the network its builder makes (needs the builder)."""
+        from mlprunes.groups import template_widths   # the network, not this description
+        return template_widths(self)
+
+    @property
+    def name(self) -> str:
+        """`resnet-56`, `vgg-16`, `torchvision-resnet18`, `package.module-factory`; arguments
+        other than depth add a short digest, so that two networks never share a name."""
+        args = self.args
+        base = self.builder.replace(":", "-")
+        if self.builder in GRAPH_BUILDERS and "depth" in args:
+            base = f"{base}-{args['depth']}"
+        rest = {k: v for k, v in args.items()
+                if not (k == "depth" and self.builder in GRAPH_BUILDERS)}
+        if rest:
+            base += "-" + hashlib.sha1(canonical_json(rest).encode()).hexdigest()[:6]
+        return base
+
+    # -- variants --------------------------------------------------------------------------------
+
+    def with_mids(self, mids: Iterable[int]) -> "GraphSpec":
+        return replace(self, mids=tuple(int(m) for m in mids))
+
+    def rounded(self, multiple: int) -> "GraphSpec":
+        return self.with_mids(round_width(m, multiple) for m in self.mids)
+
+    # -- serialisation -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"builder": self.builder, "args": self.args, "num_classes": self.num_classes,
+                "input_size": list(self.input_size), "groups": self.groups,
+                "widths": [[n, m] for n, m in zip(self.names, self.mids)]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GraphSpec":
+        known = {"builder", "args", "num_classes", "input_size", "groups", "widths"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ArchError(unknown[0], "unknown field")
+        for required in ("builder", "num_classes", "widths"):
+            if required not in data:
+                raise ArchError(required, "missing")
+        widths = data["widths"]
+        if not isinstance(widths, list) or not all(
+                isinstance(w, list) and len(w) == 2 for w in widths):
+            raise ArchError("widths", "must be a list of [group name, width] pairs")
+        args = data.get("args", {})
+        if not isinstance(args, dict):
+            raise ArchError("args", f"must be a JSON object, got {args!r}")
+        input_size = data.get("input_size", [3, 32, 32])
+        if not isinstance(input_size, list):
+            raise ArchError("input_size", f"must be [channels, height, width], got {input_size!r}")
+        return cls(builder=data["builder"], num_classes=data["num_classes"],
+                   names=tuple(w[0] for w in widths), mids=tuple(w[1] for w in widths),
+                   args_json=canonical_json(args), input_size=tuple(input_size),
+                   groups=data.get("groups", "internal"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Spec":
+        return ArchSpec.from_json(text)
+
+
+Spec = ArchSpec | GraphSpec
+
+
+def canonical_json(value: Any) -> str:
+    """One text per value: keys sorted, no spaces, so that equal arguments key alike."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def round_width(width: int, multiple: int) -> int:
@@ -150,9 +302,25 @@ def densenet(depth: int = 100, growth: int = 12, num_classes: int = 10,
 
 def make_spec(family: str, *, depth: int | None = None, width: float | None = None,
               growth: int | None = None, num_classes: int = 10,
-              bottle: float | None = None) -> ArchSpec:
+              bottle: float | None = None, args: dict[str, Any] | None = None,
+              groups: str | None = None) -> Spec:
     """Build a description from command-line style options; unset options take the paper's
-    defaults (WRN-40-2, DenseNet-BC-100 with k=12)."""
+    defaults (WRN-40-2, DenseNet-BC-100 with k=12, ResNet-56, VGG-16).
+
+    Any builder but `wrn` and `densenet` is traced to find its groups, which needs its code:
+    see `mlprunes.nets.builders` for which builders are imported."""
+    if family in FAMILIES and (args or groups not in (None, "internal")):
+        raise ArchError("args" if args else "groups",
+                        f"{family} has its own options (--depth, --width, --growth) and "
+                        f"prunes its blocks' middle channels only")
+    if family not in FAMILIES:
+        if width is not None or growth is not None:
+            raise ArchError("width" if width is not None else "growth",
+                            f"applies to wrn and densenet only; for {family}, use --bottle "
+                            f"(a uniform width multiplier) or its own arguments (--arch-args)")
+        from mlprunes.groups import describe   # the network must be traced: not this module
+        return describe(family, args=args or {}, depth=depth, num_classes=num_classes,
+                        groups=groups, bottle=bottle)
     if family == "wrn":
         if growth is not None:
             raise ArchError("growth", "applies to densenet only; use --width for wrn")
@@ -164,7 +332,7 @@ def make_spec(family: str, *, depth: int | None = None, width: float | None = No
         return densenet(depth=100 if depth is None else depth,
                         growth=12 if growth is None else growth,
                         num_classes=num_classes, bottle=bottle)
-    raise ArchError("family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
+    raise AssertionError("unreachable")
 
 
 def _with_default_mids(fields: dict[str, Any], bottle: float | None) -> ArchSpec:
@@ -217,6 +385,58 @@ def _validate(spec: ArchSpec) -> None:
             raise ArchError("mids", f"block {i} width must be an integer, got {m!r}")
         if m < 0:
             raise ArchError("mids", f"block {i} width must be >= 0, got {m}")
+
+
+_BUILDER = re.compile(r"^(resnet|vgg|torchvision:[A-Za-z_][A-Za-z0-9_]*|"
+                      r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def valid_builder(builder: Any) -> bool:
+    """`resnet`, `vgg`, `torchvision:NAME` or `package.module:factory`: the spelling only."""
+    return isinstance(builder, str) and bool(_BUILDER.match(builder))
+
+
+def _plain_json(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, str)):
+        return True
+    if isinstance(value, (int, float)):
+        return isinstance(value, int) or math.isfinite(value)
+    if isinstance(value, list):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return False
+
+
+def _validate_graph(spec: GraphSpec) -> None:
+    if not valid_builder(spec.builder):
+        raise ArchError("builder", f"must be wrn, densenet, resnet, vgg, torchvision:NAME or "
+                                   f"package.module:factory, got {spec.builder!r}")
+    try:
+        args = json.loads(spec.args_json)
+    except (TypeError, json.JSONDecodeError):
+        raise ArchError("args", "must be a JSON object") from None
+    if not isinstance(args, dict) or not _plain_json(args):
+        raise ArchError("args", "must be a JSON object of plain values (numbers, strings, "
+                                "booleans, lists, objects)")
+    if "num_classes" in args:
+        raise ArchError("args", "num_classes is its own field (--num-classes)")
+    if not _is_int(spec.num_classes) or spec.num_classes < 1:
+        raise ArchError("num_classes", f"must be a positive integer, got {spec.num_classes!r}")
+    if len(spec.input_size) != 3 or not all(_is_int(d) and d >= 1 for d in spec.input_size):
+        raise ArchError("input_size", f"must be three positive integers (channels, height, "
+                                      f"width), got {list(spec.input_size)!r}")
+    if spec.groups not in GROUP_RULES:
+        raise ArchError("groups", f"must be one of {', '.join(GROUP_RULES)}, got "
+                                  f"{spec.groups!r}")
+    if len(spec.names) != len(spec.mids):
+        raise ArchError("widths", "needs one width per group name")
+    if not all(isinstance(n, str) and n for n in spec.names) or len(set(spec.names)) != len(
+            spec.names):
+        raise ArchError("widths", "group names must be distinct, non-empty module names")
+    for name, m in zip(spec.names, spec.mids):
+        if not _is_int(m) or m < 0:
+            raise ArchError("widths", f"group {name} width must be an integer >= 0, got {m!r}")
 
 
 def _is_int(value: Any) -> bool:

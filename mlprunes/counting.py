@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlprunes.arch import ArchSpec
+from mlprunes.arch import ArchSpec, GraphSpec
 from mlprunes.nets.densenet import transition_out
 from mlprunes.nets.wrn import needs_shortcut_conv
 
@@ -36,6 +36,9 @@ def count(spec: ArchSpec, image_size: int | Size = 32) -> Counts:
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if min(size) < 1:
         raise ValueError(f"image size must be positive, got {image_size!r}")
+    if isinstance(spec, GraphSpec):
+        from mlprunes.groups import count_graph   # a traced network is counted from its layers
+        return Counts(*count_graph(spec, size))
     tally = _Tally()
     if spec.family == "wrn":
         _count_wrn(spec, size, tally)

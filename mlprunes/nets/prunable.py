@@ -4,6 +4,7 @@ through which a saliency criterion sees the masked activation."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
@@ -43,6 +44,34 @@ class PrunableBlock(nn.Module):
         # keeps the forward pass free of any extra work.
         self.activation_observer: ActivationObserver | None = None
 
+    # -- the interface a pruner and a criterion use (shared with a traced network's groups) --
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        self.mask.copy_(mask)
+
+    def drop(self, channel: int) -> None:
+        self.mask[channel] = 0
+
+    def filters(self) -> torch.Tensor:
+        """Each middle channel's filter in the block's first conv, one row per channel (none
+        for a block of width 0, which has no conv)."""
+        if self.mid == 0:
+            return torch.zeros(0, 1)
+        return self.conv1.weight.detach().flatten(1)
+
+    def observe(self, callback: Callable[[torch.Tensor], None] | None) -> None:
+        """Call `callback` once per backward pass with the (N, mid) per-sample sums over
+        positions of a * dL/da, a the masked middle activation; None stops observing."""
+        if callback is None:
+            self.activation_observer = None
+            return
+
+        def observer(activation: torch.Tensor) -> None:
+            # Hold a detached alias (same storage, already kept alive by conv2 for its
+            # backward), so the hook does not make a reference cycle through autograd.
+            activation.register_hook(partial(_per_sample, callback, activation.detach()))
+        self.activation_observer = observer
+
     def bn2_relu(self, x: torch.Tensor) -> torch.Tensor:
         """relu(bn2(x)), times the mask when the block is masked: the masked middle activation.
 
@@ -62,6 +91,11 @@ class PrunableBlock(nn.Module):
         if self.activation_observer is not None and h.requires_grad:
             self.activation_observer(h)
         return h
+
+
+def _per_sample(callback, activation: torch.Tensor, grad: torch.Tensor) -> None:
+    # In fp32 whatever autocast ran the step in: squares of bf16 products lose the ranking.
+    callback((activation.float() * grad.float()).sum(dim=(2, 3)))
 
 
 def prunable_blocks(model: nn.Module) -> list[PrunableBlock]:

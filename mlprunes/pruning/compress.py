@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mlprunes.arch import ArchSpec
+from mlprunes.arch import ArchSpec, GraphSpec, Spec
 from mlprunes.nets import build
 from mlprunes.nets.prunable import PrunableBlock, prunable_blocks
 
@@ -12,7 +12,11 @@ from mlprunes.nets.prunable import PrunableBlock, prunable_blocks
 def compress(model: nn.Module) -> nn.Module:
     """The unmasked network with each block's middle convs and BN sliced to its surviving
     channels, carrying the masked model's trained weights. In eval mode it gives the masked
-    model's outputs; its parameter count is `count(compressed spec).params`."""
+    model's outputs; its parameter count is `count(compressed spec).params`. A traced network
+    is cut by its channel groups (`mlprunes.groups.compress_graph`), and checked on a batch."""
+    if isinstance(model.spec, GraphSpec):
+        from mlprunes.groups import compress_graph
+        return compress_graph(model)
     named = [(name, m) for name, m in model.named_modules() if isinstance(m, PrunableBlock)]
     if not named or not all(m.masked for _, m in named):
         raise ValueError("compress needs a masked model: build(spec, masked=True)")
@@ -33,11 +37,23 @@ def compress(model: nn.Module) -> nn.Module:
     return compact.train(model.training)
 
 
-def build_sliced(spec: ArchSpec) -> nn.Module:
+def _within_full(spec: Spec) -> None:
+    full_mids = spec.full_mids()
+    if any(m > f for m, f in zip(spec.mids, full_mids)):
+        raise ValueError(f"a block of {spec.name} is wider than the full network's "
+                         f"({list(spec.mids)} against {list(full_mids)}): sliced init cuts the "
+                         f"full network, so it needs widths within it")
+
+
+def build_sliced(spec: Spec) -> nn.Module:
     """`spec`'s network initialised as the paper's code initialises a pruned architecture: the
     full network of its depth and width is built and initialised, then each block is cut to
     its first `spec.mids[i]` channels. (`build(spec)` instead initialises every layer for its
     own, narrower widths.)"""
+    if isinstance(spec, GraphSpec):
+        _within_full(spec)
+        from mlprunes.groups import build_graph
+        return build_graph(spec, init="sliced")
     full_mids = spec.full_mids()
     if any(m > f for m, f in zip(spec.mids, full_mids)):
         raise ValueError(f"a block of {spec.name} is wider than the full network's "

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mlprunes.arch import ArchSpec
-from mlprunes.nets.prunable import prunable_blocks
+from mlprunes.nets import prunable_units
 
 
 class PruningError(ValueError):
@@ -54,5 +54,5 @@ def spec_after(spec: ArchSpec, history: Sequence[int]) -> ArchSpec:
 
 def apply_history(model: nn.Module, history: Sequence[int]) -> None:
     """Set a masked model's masks to those of its description after `history`."""
-    for block, mask in zip(prunable_blocks(model), masks_from_history(model.spec, history)):
-        block.mask.copy_(mask)
+    for unit, mask in zip(prunable_units(model), masks_from_history(model.spec, history)):
+        unit.set_mask(mask)

@@ -9,8 +9,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mlprunes.arch import ArchSpec
-from mlprunes.nets.prunable import PrunableBlock, prunable_blocks
+from mlprunes.arch import Spec
+from mlprunes.nets import prunable_units
+from mlprunes.nets.prunable import PrunableBlock
 from mlprunes.counting import Size, count
 from mlprunes.pruning.history import PruningError, block_offsets, locate, masks_from_history
 from mlprunes.pruning.saliency import Saliency
@@ -39,8 +40,8 @@ class Pruner:
     def __init__(self, model: nn.Module, saliency: Saliency, keep_one: bool = False,
                  history: Sequence[int] = (), round_to: int = 1, flops_penalty: float = 0.0,
                  image_size: Size | None = None):
-        self.spec: ArchSpec = model.spec
-        self.blocks: list[PrunableBlock] = prunable_blocks(model)
+        self.spec: Spec = model.spec
+        self.blocks: list[PrunableBlock] = prunable_units(model)
         if not self.blocks or not all(b.masked for b in self.blocks):
             raise ValueError("pruning needs a masked model: build(spec, masked=True)")
         if round_to < 1:
@@ -54,7 +55,9 @@ class Pruner:
         if flops_penalty > 0 and image_size is None:
             raise ValueError("a FLOPs penalty needs the image size to count FLOPs at")
         self.saliency = saliency
-        self.keep_one = keep_one
+        # A traced network's group cannot vanish (nothing says what a layer with no channels
+        # becomes), so its groups always keep one.
+        self.keep_one = keep_one or not self.spec.can_empty_groups
         self.round_to = round_to
         self.flops_penalty = flops_penalty
         self.image_size = image_size
@@ -118,13 +121,14 @@ class Pruner:
     def prune_channel(self, index: int) -> None:
         """Switch off one channel by global index and record it."""
         block, channel = locate(self.spec, index)
-        mask = self.blocks[block].mask
+        unit = self.blocks[block]
+        mask = unit.mask
         if mask[channel] == 0:
             raise PruningError(f"channel {index} (block {block}, channel {channel}) is already "
                                f"pruned")
         if self.keep_one and int(mask.sum()) == 1:
             raise PruningError(f"channel {index} is the last one of block {block} (keep_one)")
-        mask[channel] = 0
+        unit.drop(channel)
         self.history.append(index)
 
     def detach(self) -> None:

@@ -1,8 +1,11 @@
 """Channel saliency criteria: how much the loss would suffer if a channel went.
 
-Every criterion scores the middle channels of each prunable block (one tensor per block, higher
-means more important); the pruner removes the active channel with the lowest score. A criterion
-that learns from training steps (Fisher) attaches to the model and is reset after each prune.
+Every criterion scores the channels of each prunable unit (one tensor per unit, higher means
+more important); the pruner removes the active channel with the lowest score. A unit is a WRN or
+DenseNet-BC block's middle channels, or a traced network's channel group
+(`mlprunes.groups.ChannelGroup`): both offer `mid`, `mask`, `filters()` and `observe()`. A
+criterion that learns from training steps (Fisher) attaches to the model and is reset after
+each prune.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ class FisherSaliency(Saliency):
     """Fisher pruning (Theis et al. 2018, arXiv 1801.05787).
 
     For a masked activation a and its gradient g = dL/da, per sample n and channel c:
-    s_nc = sum_hw a * g, and a step contributes 0.5 * mean_n s_nc^2. Contributions add up over
-    the steps since the last prune. The per-sample values need the activation and its gradient
-    together, so they come from a tensor hook on the masked activation (a batch-summed gradient of
-    the mask would square the sum instead of summing the squares).
+    s_nc = sum_hw a * g (for a channel group, summed over every layer that produces the
+    channel too), and a step contributes 0.5 * mean_n s_nc^2. Contributions add up over the
+    steps since the last prune. The per-sample values need the activation and its gradient
+    together, so they come from tensor hooks on the masked activations (`unit.observe`; a
+    batch-summed gradient of the mask would square the sum instead of summing the squares).
 
     These scores rank channels exactly as the paper's code does. Their scale does not matter to
     a ranking, but it does when they are weighed against a FLOP cost (`Pruner`'s
@@ -69,21 +73,14 @@ class FisherSaliency(Saliency):
         self._examples = [None] * len(blocks)
         self._steps = [0] * len(blocks)
         for i, block in enumerate(self._blocks):
-            block.activation_observer = partial(self._observe, i)
+            block.observe(partial(self._accumulate, i))
 
     def detach(self) -> None:
         for block in self._blocks:
-            block.activation_observer = None
+            block.observe(None)
         self._blocks = []
 
-    def _observe(self, index: int, activation: torch.Tensor) -> None:
-        # Hold a detached alias (same storage, already kept alive by conv2 for its backward), so
-        # the hook does not make a reference cycle through the autograd graph.
-        activation.register_hook(partial(self._accumulate, index, activation.detach()))
-
-    def _accumulate(self, index: int, activation: torch.Tensor, grad: torch.Tensor) -> None:
-        # In fp32 whatever autocast ran the step in: squares of bf16 products lose the ranking.
-        per_sample = (activation.float() * grad.float()).sum(dim=(2, 3))
+    def _accumulate(self, index: int, per_sample: torch.Tensor) -> None:
         step = per_sample.pow(2).mean(dim=0).mul_(0.5)
         total = self._totals[index]
         self._totals[index] = step if total is None else total.add_(step)
@@ -142,16 +139,14 @@ class FisherSaliency(Saliency):
 
 
 def _filters(block: PrunableBlock) -> torch.Tensor:
-    """Each middle channel's filter in the block's first conv, one row per channel (none for a
-    block of width 0, which has no conv)."""
-    if block.mid == 0:
-        return torch.zeros(0, 1)
-    return block.conv1.weight.detach().flatten(1)
+    """Each channel's filter, one row per channel: a block's first conv, or the layer a
+    channel group is named after (its output rows)."""
+    return block.filters()
 
 
 class L1Saliency(Saliency):
-    """The L1 norm of each channel's filter in the block's first conv: sum |W|, ranked across
-    all blocks as they are.
+    """The L1 norm of each channel's filter in the block's first conv (for a channel group, in
+    the layer it is named after): sum |W|, ranked across all blocks as they are.
 
     (Magnitude, not the signed sum: a filter of large weights of both signs is not unimportant.)
     A filter with more inputs has more weights to sum, so blocks with few inputs lose their
