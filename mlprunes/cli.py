@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 import click
 
-from mlprunes.arch import ArchError, ArchSpec, make_spec
+from mlprunes.arch import (FAMILIES, GROUP_RULES, ArchError, ArchSpec, GraphSpec, Spec, make_spec,
+                           valid_builder)
 from mlprunes.counting import count
+from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS, default_preset
 from mlprunes.data import DATASETS
 from mlprunes.engine.checkpoint import CheckpointError
 from mlprunes.engine.trainer import PRECISIONS, TrainingDiverged
@@ -91,6 +93,23 @@ class OptionGroup:
 
 # -- the option groups ----------------------------------------------------------------------------
 
+class JsonObject(click.ParamType):
+    """A JSON object of plain values, e.g. '{"width_per_group": 32}'."""
+    name = "json"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            self.fail(f"not valid JSON ({err.msg}): {value!r}", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail(f"must be a JSON object such as '{{\"depth\": 20}}', got {value!r}",
+                      param, ctx)
+        return parsed
+
+
 @dataclass(frozen=True)
 class ArchChoice:
     family: str
@@ -100,33 +119,65 @@ class ArchChoice:
     bottle: float | None
     num_classes: int | None
     round_to: int = 1
+    args: dict | None = None
+    groups: str | None = None
+    allow_module: tuple[str, ...] = ()
 
-    def spec(self, default_classes: int = 10) -> ArchSpec:
+    def spec(self, default_classes: int = 10) -> Spec:
+        if self.allow_module:
+            from mlprunes.nets.builders import allow_modules
+            allow_modules(self.allow_module)
         try:
             spec = make_spec(self.family, depth=self.depth, width=self.width,
                              growth=self.growth, bottle=self.bottle,
-                             num_classes=self.num_classes or default_classes)
+                             num_classes=self.num_classes or default_classes,
+                             args=self.args, groups=self.groups)
             return spec.rounded(self.round_to) if self.round_to != 1 else spec
         except ArchError as err:
             raise click.ClickException(str(err)) from None
 
 
+def _builder(ctx, param, value):
+    if value in FAMILIES or valid_builder(value):
+        return value
+    raise click.BadParameter(f"{value!r} is not a network: use wrn, densenet, resnet, vgg, "
+                             f"torchvision:NAME (e.g. torchvision:resnet18) or "
+                             f"package.module:factory")
+
+
 ARCH = OptionGroup("arch", [
-    click.option("--arch", "family", type=click.Choice(["wrn", "densenet"]), default="wrn",
-                 show_default=True, help="Network family: WideResNet or DenseNet-BC."),
+    click.option("--arch", "family", default="wrn", show_default=True, callback=_builder,
+                 metavar="NETWORK",
+                 help="wrn (WideResNet), densenet (DenseNet-BC), resnet (He et al.'s CIFAR "
+                      "ResNet-d), vgg (CIFAR VGG with BN), torchvision:NAME (any torchvision "
+                      "classifier), or package.module:factory (your own nn.Module; its module "
+                      "must be allowed, see --allow-module)."),
     click.option("--depth", type=int, default=None,
-                 help="Depth, 6n+4 [default: 40 for wrn, 100 for densenet]."),
+                 help="Depth [default: 40 for wrn (6n+4), 100 for densenet (6n+4), 56 for "
+                      "resnet (6n+2), 16 for vgg (11, 13, 16, 19)]."),
     click.option("--width", type=float, default=None, help="WRN widening factor k [default: 2]."),
     click.option("--growth", type=int, default=None,
                  help="DenseNet-BC growth rate k [default: 12]."),
     click.option("--bottle", type=float, default=None,
-                 help="Uniform bottleneck: every block's middle width times Z."),
+                 help="Uniform bottleneck: every block's middle width (every group's width) "
+                      "times Z."),
     click.option("--num-classes", type=int, default=None,
                  help="Output classes [default: from the dataset, 10 without one]."),
     click.option("--round-to", type=int, default=1, show_default=True, metavar="R",
                  help="Every block's middle width to the nearest multiple of R (at least R): "
                       "widths that hardware computes fast, and that --round-to R pruning "
                       "keeps."),
+    click.option("--arch-args", "args", type=JsonObject(), default=None,
+                 help="Keyword arguments of a torchvision or own builder, as a JSON object "
+                      "(plain values only)."),
+    click.option("--groups", type=click.Choice(list(GROUP_RULES)), default=None,
+                 help="Which channel groups of a traced network are prunable: internal (no "
+                      "residual add or concatenation couples them: the paper's rule) or all "
+                      "[default: internal for resnet, all for the others]."),
+    click.option("--allow-module", multiple=True, metavar="MODULE",
+                 help="Allow this module (and its submodules) to provide --arch "
+                      "package.module:factory builders on this machine (also "
+                      "MLPRUNES_ALLOWED_MODULES, comma-separated). Repeatable."),
 ], lambda o: ArchChoice(**o), "Architecture")
 
 DATA = OptionGroup("data", [
@@ -174,7 +225,7 @@ def recipe_group(pruning: bool) -> OptionGroup:
             "pad": "Random-crop padding [default: reflect, as the paper's training script].",
         }
     return OptionGroup("recipe", [
-        click.option("--preset", type=click.Choice(["wrn", "densenet"]), default=None,
+        click.option("--preset", type=click.Choice(list(RECIPE_PRESETS)), default=None,
                      help=texts["preset"]),
         click.option("--epochs", type=int, default=None, help=texts["epochs"]),
         click.option("--batch-size", type=int, default=None, help=texts["batch-size"]),
@@ -310,8 +361,13 @@ def describe(arch: ArchChoice, image_size, as_json):
     click.echo(f"{spec.name}{custom}")
     click.echo(f"  params             {counts.params:,}")
     click.echo(f"  flops (MACs/image) {counts.flops:,} at {image_size}x{image_size}")
-    click.echo(f"  prunable channels  {spec.prunable_channels:,} in {spec.num_blocks} blocks")
-    click.echo(f"  middle widths      {list(spec.mids)}")
+    unit = "groups" if isinstance(spec, GraphSpec) else "blocks"
+    click.echo(f"  prunable channels  {spec.prunable_channels:,} in {spec.num_blocks} {unit}")
+    if isinstance(spec, GraphSpec):
+        for name, width in zip(spec.names, spec.mids):
+            click.echo(f"    {name:<40} {width}")
+    else:
+        click.echo(f"  middle widths      {list(spec.mids)}")
 
 
 @main.command(short_help="Train a network from scratch: a base or a reduced baseline.")
@@ -336,7 +392,7 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
 
     data_config = data.over(DataConfig())
     spec = arch.spec(default_classes=dataset_classes(data_config))
-    preset = recipe.preset or arch.family
+    preset = recipe.preset or default_preset(spec.family)
     bottle = f"-bottle{arch.bottle:g}" if arch.bottle is not None else ""
     bottle += f"-r{arch.round_to}" if arch.round_to != 1 else ""
     job = TrainJob(spec=spec, recipe=recipe.resolve(preset), data=data_config, preset=preset,

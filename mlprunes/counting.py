@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlprunes.arch import ArchSpec, GraphSpec
+from mlprunes.arch import ArchSpec, GraphSpec, Spec
 from mlprunes.nets.densenet import transition_out
 from mlprunes.nets.wrn import needs_shortcut_conv
 
@@ -142,8 +142,13 @@ def _count_densenet(spec: ArchSpec, size: Size, t: _Tally) -> None:
 
 
 def smallest_params(spec: ArchSpec) -> int:
-    """Parameters of the smallest network with this skeleton: every prunable block at zero."""
-    return count_params(spec.with_mids([0] * spec.num_blocks))
+    """Parameters of the smallest network with this skeleton: every prunable block at zero
+    (every group of a traced network at one channel)."""
+    return count_params(spec.with_mids([_floor(spec)] * spec.num_blocks))
+
+
+def _floor(spec: Spec, round_to: int = 1) -> int:
+    return 0 if spec.can_empty_groups else round_to
 
 
 def scale_to_budget(spec: ArchSpec, params_budget: int, round_to: int = 1) -> ArchSpec:
@@ -152,21 +157,30 @@ def scale_to_budget(spec: ArchSpec, params_budget: int, round_to: int = 1) -> Ar
 
     Widths are round(mid * factor), or with `round_to` R the nearest multiple of R (which may
     be 0); the factor is found by bisection, since the count grows monotonically with it.
-    Raises ValueError for a budget below the smallest network.
+    A traced network's groups stay between R (or one channel) and its builder's widths, since
+    it is built by cutting the builder's network. Raises ValueError for a budget below the
+    smallest network.
     """
-    floor = smallest_params(spec)
-    if params_budget < floor:
+    smallest = smallest_params(spec)
+    if params_budget < smallest:
         raise ValueError(f"a budget of {params_budget:,} parameters is below the smallest "
-                         f"{spec.name} with this skeleton ({floor:,} parameters, every "
-                         f"prunable block empty)")
+                         f"{spec.name} with this skeleton ({smallest:,} parameters, every "
+                         f"prunable block " + ("empty)" if spec.can_empty_groups else
+                                               "at one channel)"))
     if not any(spec.mids):
         return spec
 
     if round_to < 1:
         raise ValueError(f"round_to must be at least 1, got {round_to}")
 
-    def scaled(factor: float) -> ArchSpec:
-        return spec.with_mids(round_to * int(round(m * factor / round_to)) for m in spec.mids)
+    floor = _floor(spec, round_to)
+    ceiling = spec.full_mids() if isinstance(spec, GraphSpec) else None
+
+    def scaled(factor: float) -> Spec:
+        widths = [max(floor, round_to * int(round(m * factor / round_to))) for m in spec.mids]
+        if ceiling is not None:
+            widths = [min(w, c) for w, c in zip(widths, ceiling)]
+        return spec.with_mids(widths)
 
     low, high = 0.0, 1.0
     while count_params(scaled(high)) <= params_budget:

@@ -425,6 +425,8 @@ class _Masked:
     """What every masked producer adds to its layer: a `channel_mask` buffer over its own
     channels, and an observer that sees its masked output (for Fisher)."""
 
+    masked = True   # what a checkpoint looks for to call a network masked
+
     def _mask_setup(self, channels: int) -> None:
         self.register_buffer("channel_mask", torch.ones(channels))
         self.activation_observer = None

@@ -9,7 +9,7 @@ from mlprunes.nets.densenet import DenseNetBC
 from mlprunes.nets.prunable import PrunableBlock, prunable_blocks
 from mlprunes.nets.wrn import WideResNet
 
-__all__ = ["build", "prunable_blocks", "prunable_units", "PrunableBlock", "WideResNet",
+__all__ = ["build", "is_mask_key", "prunable_blocks", "prunable_units", "PrunableBlock", "WideResNet",
            "DenseNetBC"]
 
 
@@ -33,3 +33,9 @@ def prunable_units(model: nn.Module) -> list:
     `mask`, `set_mask`, `drop`, `filters` and `observe`."""
     groups = getattr(model, "channel_groups", None)
     return list(groups) if groups is not None else prunable_blocks(model)
+
+
+def is_mask_key(key: str) -> bool:
+    """A state-dict entry that is a mask (a block's `mask`, a traced layer's `channel_mask`):
+    what a masked network has and the unmasked one it is loaded from lacks."""
+    return key.endswith(".mask") or key.endswith(".channel_mask")

@@ -126,7 +126,7 @@ def test_curve(record: RunRecord) -> list[tuple[float, float]]:
 
 def is_reduced(record: RunRecord) -> bool:
     return record.stage == "train" and (record.group.startswith("Reduced")
-                                        or record.group == "Bottleneck")
+                                        or record.group in ("Bottleneck", "Uniform width"))
 
 
 def answer_all(records: list[RunRecord]) -> list[Answer]:

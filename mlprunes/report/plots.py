@@ -42,7 +42,8 @@ STYLES = [
     ("L1 family", "#9467bd", "D"), ("Full network", "#000000", "*"),
     ("Reduced depth", "#d62728", "v"), ("Reduced width", "#9467bd", "^"),
     ("Reduced growth", "#9467bd", "^"), ("Reduced depth and width", "#17becf", "<"),
-    ("Bottleneck", "#8c564b", "X"), ("Trained from scratch", "#17becf", "h"),
+    ("Bottleneck", "#8c564b", "X"), ("Uniform width", "#9467bd", "^"),
+    ("Trained from scratch", "#17becf", "h"),
 ]
 
 

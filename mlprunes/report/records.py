@@ -10,7 +10,7 @@ import math
 
 from dataclasses import dataclass, field
 
-from mlprunes.arch import ArchSpec
+from mlprunes.arch import ArchSpec, GraphSpec, Spec
 
 CRITERION_NAMES = {"fisher": "Fisher", "l1": "L1", "random": "Random"}
 
@@ -72,7 +72,7 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
     by_id = {r.run_id: r for r in records}
     base_ids = {r.base_run_id for r in records if r.stage == "prune" and r.base_run_id}
     bases = sorted({by_id[b].spec for b in base_ids if b in by_id and by_id[b].spec is not None},
-                   key=lambda s: (s.family, s.depth, _size(s)))
+                   key=lambda s: (s.family, s.depth or 0, _size(s)))
     for r in records:
         crit = criterion_name(r.criterion)
         if r.stage == "prune":
@@ -95,7 +95,11 @@ def _sliced(record: RunRecord) -> str:
     return " (sliced init)" if record.init == "sliced" else ""
 
 
-def _size(spec: ArchSpec) -> float:
+def _size(spec: Spec) -> float:
+    """The family's size knob: WRN width, DenseNet growth; a traced network has none (its
+    reductions are a uniform width multiplier on every group, or another depth)."""
+    if isinstance(spec, GraphSpec):
+        return 0
     return spec.width if spec.family == "wrn" else spec.growth
 
 
@@ -114,10 +118,10 @@ def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str
     if spec is None:
         return "Trained from scratch"
     if spec.mids != spec.full_mids() and not _rounded_full(spec):
-        return "Bottleneck"
+        return "Uniform width" if isinstance(spec, GraphSpec) else "Bottleneck"
     candidates = [b for b in bases if b.family == spec.family
                   and b.num_classes == spec.num_classes
-                  and spec.depth <= b.depth and _size(spec) <= _size(b)]
+                  and (spec.depth or 0) <= (b.depth or 0) and _size(spec) <= _size(b)]
     if not candidates:  # larger than every base, or of another kind: no reduction to name
         return "Trained from scratch"
     base = candidates[0]

@@ -20,7 +20,7 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from mlprunes.arch import ArchError, ArchSpec
+from mlprunes.arch import ArchError, ArchSpec, GraphSpec
 from mlprunes.counting import count_params
 from mlprunes.engine.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from mlprunes.engine.recipes import Recipe
@@ -390,7 +390,10 @@ def arch_params(spec: ArchSpec) -> dict[str, Any]:
     """The architecture as options (`arch` is the family, as on the command line) and as the
     full description (`arch_spec`, JSON)."""
     options = {"arch": spec.family, "depth": spec.depth, "num_classes": spec.num_classes}
-    if spec.family == "wrn":
+    if isinstance(spec, GraphSpec):
+        options.update(depth=spec.depth if spec.depth is not None else "",
+                       arch_args=spec.args_json, groups=spec.groups)
+    elif spec.family == "wrn":
         options["width"] = spec.width
     else:
         options.update(growth=spec.growth, reduction=spec.reduction)

@@ -20,7 +20,7 @@ from mlprunes.engine.trainer import Trainer, seed_everything
 from mlprunes.errors import StageError
 from mlprunes.signals import deferred
 from mlprunes.jobs import PruneJob, criterion_label
-from mlprunes.nets import build
+from mlprunes.nets import build, is_mask_key
 from mlprunes.pruning import Pruner, compress, make_saliency, spec_after
 from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, prune_while_finetuning,
                                    restore)
@@ -52,7 +52,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         seed_everything(job.run.seed)
         model = build(spec, masked=True)
         missing = model.load_state_dict(base["model"], strict=False).missing_keys
-        if any(not k.endswith(".mask") for k in missing):
+        if any(not is_mask_key(k) for k in missing):
             raise StageError(f"base run {job.base_run_id}'s checkpoint does not fit its own "
                              f"architecture")
         loaders = make_loaders(splits, recipe.batch_size, job.run, pad=recipe.pad)
@@ -125,11 +125,14 @@ def run(job: PruneJob, parent_run_id: str | None = None,
 
 def check_prune_count(spec, prunes: int, keep_one: bool, round_to: int) -> None:
     """Refuse more prunes than the network has channels to lose, before anything runs."""
-    limit = (spec.prunable_channels - (spec.num_blocks * round_to if keep_one else 0)) // round_to
+    keeps = keep_one or not spec.can_empty_groups   # a traced network's groups keep one
+    limit = (spec.prunable_channels - (spec.num_blocks * round_to if keeps else 0)) // round_to
     if prunes > limit:
         what = f"prunes of {round_to} channels" if round_to > 1 else "channels"
+        why = (" with --keep-one" if keep_one else
+               " (each of its groups keeps at least one)" if keeps else "")
         raise StageError(f"--prunes {prunes} is more than the {limit} {what} that "
-                         f"{spec.name} can lose" + (" with --keep-one" if keep_one else ""))
+                         f"{spec.name} can lose" + why)
 
 
 def description(job: PruneJob, spec, label: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from mlprunes.arch import ArchSpec, make_spec
 from mlprunes.counting import count_params
 from mlprunes.engine.recipes import Recipe
-from mlprunes.engine.recipes import preset as recipe_preset
+from mlprunes.engine.recipes import default_preset, preset as recipe_preset
 from mlprunes.jobs import (CompareJob, DataChoice, DataConfig, EvaluateJob, FamilyJob,
                            PruneJob, RecipeChoice, RunConfig, ScratchJob, TrainJob,
                            criterion_label)
@@ -63,7 +63,8 @@ class StudyPlan:
 
     def train_recipe(self, family: str) -> Recipe:
         overrides = {k: v for k, v in self.train.items() if k != "preset"}
-        return recipe_preset(self.train.get("preset", family)).override(**overrides)
+        return recipe_preset(self.train.get("preset", default_preset(family))).override(
+            **overrides)
 
 
 def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpec,
@@ -99,7 +100,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
     def train(label: str, spec: ArchSpec):
         return graph.add(label + suffix, TrainJob(
             spec=spec, recipe=plan.train_recipe(spec.family), data=plan.data,
-            preset=plan.train.get("preset", spec.family), run=run, log_model=log_model,
+            preset=plan.train.get("preset", default_preset(spec.family)), run=run,
+            log_model=log_model,
             run_name=f"train-{label}{suffix}"))
 
     base = train("base", base_spec)

@@ -25,7 +25,7 @@ from mlprunes.arch import ArchError, make_spec
 from mlprunes.counting import count_params
 from mlprunes.data import DATASETS
 from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS
-from mlprunes.engine.recipes import preset as recipe_preset
+from mlprunes.engine.recipes import default_preset, preset as recipe_preset
 from mlprunes.errors import StageError
 from mlprunes.jobs import BUDGETS, CRITERIA, DataConfig
 from mlprunes.study.plans import StudyPlan
@@ -274,7 +274,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
     schedule = {k: prune.pop(k) for k in _PRUNE_SCHEDULE if k in prune}
     for section, overrides, pruning in (("train", train, False), ("prune", prune, True)):
         try:  # the recipe the section makes, checked as a whole (milestones, momentum...)
-            recipe_preset(overrides.get("preset", base.family), pruning).override(
+            recipe_preset(overrides.get("preset", default_preset(base.family)), pruning).override(
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()
                    if k != "preset"})
         except ValueError as err:
