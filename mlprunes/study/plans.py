@@ -9,6 +9,7 @@ anything runs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -132,8 +133,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
     for overrides in plan.baselines:
         spec = make_spec(**{**plan.arch, **overrides},
                          num_classes=base_spec.num_classes).rounded(plan.round_to)
-        label = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
-                         for k, v in overrides.items())
+        label = baseline_label(overrides)
         reduced.append(train(f"reduced-{label}", spec))
     first = plan.criteria[0]
     if plan.family_budgets:
@@ -150,6 +150,19 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                               else None),
             run_name=f"family-{_label(plan, first)}-p{plan.prunes}{sliced}{suffix}"))
     return {"base": base, "pruned": prunes[first], "reduced": reduced}
+
+
+def baseline_label(overrides: dict[str, Any]) -> str:
+    """A reduced baseline's name: what it changes (`depth10`, `bottle0.5`, `resnet34`)."""
+    parts = []
+    for k, v in overrides.items():
+        if k == "family":
+            parts.append(re.sub(r"[^A-Za-z0-9_]+", "-", str(v).removeprefix("torchvision:")))
+        elif isinstance(v, dict):
+            parts.append("-".join(f"{a}{b}" for a, b in v.items()))
+        else:
+            parts.append(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}")
+    return "-".join(parts)
 
 
 def _label(plan: StudyPlan, criterion: str) -> str:

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mlprunes.arch import ArchError, make_spec
+from mlprunes.arch import FAMILIES, GROUP_RULES, ArchError, canonical_json, make_spec, valid_builder
 from mlprunes.counting import count_params
 from mlprunes.data import DATASETS
 from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS
@@ -30,7 +30,7 @@ from mlprunes.errors import StageError
 from mlprunes.jobs import BUDGETS, CRITERIA, DataConfig
 from mlprunes.study.plans import StudyPlan
 
-PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100")
+PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100", "resnet-56", "vgg-16")
 
 # -- what each key may hold ----------------------------------------------------------------------
 
@@ -119,9 +119,27 @@ _RECIPE = {"preset": _one_of(RECIPE_PRESETS), "batch_size": _integer(1, 65536),
            "weight_decay": _number(0), "schedule": _one_of(("step", "cosine", "constant")),
            "milestones": _list_of(_number(above=0, below=1)), "gamma": _number(above=0),
            "pad": _one_of(("zero", "reflect"))}
-NETWORK = {"family": _one_of(("wrn", "densenet")), "depth": _integer(1, 1000),
+def _network_name(v):
+    if v in FAMILIES or valid_builder(v):
+        return None
+    return (f"must be wrn, densenet, resnet, vgg, \"torchvision:NAME\" or "
+            f"\"package.module:factory\", got {v!r}")
+
+
+def _arguments(v):
+    if not isinstance(v, dict):
+        return f"must be a table of the builder's keyword arguments, got {v!r}"
+    try:
+        canonical_json(v)
+    except (TypeError, ValueError):
+        return f"must hold plain values (numbers, strings, booleans, lists, tables), got {v!r}"
+    return None
+
+
+NETWORK = {"family": _network_name, "arch": _network_name, "depth": _integer(1, 1000),
            "width": _number(above=0, high=64), "growth": _integer(1, 1024),
-           "bottle": _number(above=0, high=1)}
+           "bottle": _number(above=0, high=1), "args": _arguments,
+           "groups": _one_of(GROUP_RULES)}
 
 SCHEMA: dict[str, dict[str, Check]] = {
     "": {"name": _text, "description": lambda v: None if isinstance(v, str)
@@ -259,10 +277,19 @@ def _check_key(section: str, key: str, value: Any, source: str) -> None:
         raise StageError(f"{source}: {where} {problem}")
 
 
+def _named(network: dict[str, Any], source: str, where: str) -> dict[str, Any]:
+    """`arch` is the command line's word for a network's `family`: either may name it."""
+    if "arch" in network:
+        if "family" in network:
+            raise StageError(f"{source}: {where} names its network twice (arch and family)")
+        network["family"] = network.pop("arch")
+    return network
+
+
 def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
     data = DataConfig(**{f.name: tree["data"][f.name] for f in fields(DataConfig)
                          if f.name in tree.get("data", {})})
-    network = dict(tree["network"])
+    network = _named(dict(tree["network"]), source, "[network]")
     network.setdefault("family", "wrn")
     round_to = network.pop("round_to", 1)
     try:
@@ -284,7 +311,8 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
     beyond = [n for n in scratch.get("prunes", []) if n > prunes]
     if beyond:
         raise StageError(f"{source}: scratch.prunes {beyond} go beyond prune.prunes = {prunes}")
-    baselines = [dict(x) for x in tree.get("baselines", {}).get("reduced", [])]
+    baselines = [_named(dict(x), source, "a baseline")
+                 for x in tree.get("baselines", {}).get("reduced", [])]
     for sweep, field in _SWEEPS.items():
         baselines += [{field: v} for v in tree.get("baselines", {}).get(sweep, [])]
     seen = []
@@ -299,7 +327,8 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
             raise StageError(f"{source}: baseline {overrides} is not a valid network: {err}"
                              ) from None
     keep_one = schedule.get("keep_one", False)
-    limit = (base.prunable_channels - (base.num_blocks * round_to if keep_one else 0)) // round_to
+    keeps = keep_one or not base.can_empty_groups   # a traced network's groups keep one
+    limit = (base.prunable_channels - (base.num_blocks * round_to if keeps else 0)) // round_to
     if prunes > limit:
         what = f"prunes of {round_to} channels" if round_to > 1 else "channels"
         raise StageError(f"{source}: prune.prunes = {prunes} is more than the {limit} {what} "
