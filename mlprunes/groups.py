@@ -513,20 +513,31 @@ class ChannelGroup:
                            for m in info.masked]
         self._pending: torch.Tensor | None = None
         self._reported: set[int] = set()
+        self._placed: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _indices(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Producer k's (index, root) on `device`, copied there once: a copy per step would
+        make a GPU wait for the host at every layer."""
+        placed = self._placed.get((k, device))
+        if placed is None:
+            _, index, root = self._producers[k]
+            placed = self._placed[(k, device)] = (index.to(device), root.to(device))
+        return placed
 
     @property
     def mask(self) -> torch.Tensor:
-        module, index, root = self._producers[0]
-        values = module.channel_mask.index_select(0, index.to(module.channel_mask.device))
+        module = self._producers[0][0]
+        index, root = self._indices(0, module.channel_mask.device)
+        values = module.channel_mask.index_select(0, index)
         out = torch.ones(self.mid, device=values.device, dtype=values.dtype)
-        return out.index_copy_(0, root.to(values.device), values)
+        return out.index_copy_(0, root, values)
 
     def set_mask(self, mask: torch.Tensor) -> None:
-        for module, index, root in self._producers:
+        for k, (module, _, _) in enumerate(self._producers):
             device = module.channel_mask.device
-            module.channel_mask.index_copy_(0, index.to(device),
-                                            mask.to(device, module.channel_mask.dtype)
-                                            .index_select(0, root.to(device)))
+            index, root = self._indices(k, device)
+            module.channel_mask.index_copy_(
+                0, index, mask.to(device, module.channel_mask.dtype).index_select(0, root))
 
     def drop(self, channel: int) -> None:
         mask = self.mask
@@ -552,15 +563,15 @@ class ChannelGroup:
         out.register_hook(functools.partial(self._accumulate, k, callback, out.detach()))
 
     def _accumulate(self, k: int, callback, activation: torch.Tensor, grad: torch.Tensor):
-        _, index, root = self._producers[k]
+        # In fp32 whatever autocast ran the step in: squares of bf16 products lose the ranking.
         product = activation.float() * grad.float()
         per_channel = product.sum(dim=tuple(range(2, product.dim()))) if product.dim() > 2 \
             else product
-        device = per_channel.device
-        share = per_channel.index_select(1, index.to(device))
+        index, root = self._indices(k, per_channel.device)
+        share = per_channel.index_select(1, index)
         if self._pending is None:
             self._pending = share.new_zeros(share.shape[0], self.mid)
-        self._pending.index_add_(1, root.to(device), share)
+        self._pending.index_add_(1, root, share)
         self._reported.discard(k)
         if not self._reported:
             total, self._pending = self._pending, None

@@ -67,15 +67,15 @@ class Branchy(nn.Module):
 
 
 # Which modules produce each channel group of `branchy` under --groups all, written out by hand
-# (not read from mlprunes): the layers a channel's mask multiplies, with the group channel each
-# of their channels carries (module channel i is group channel offset + i).
+# (not read from mlprunes): the layers whose output a channel's mask multiplies, each with the
+# first of its output channels that the group covers (group channel j is its channel first + j).
 BRANCHY_PRODUCERS = {
     "stem.0": [("stem.1", 0)],
     "res.a.0": [("res.a.1", 0), ("res.b.1", 0)],
     "cat.left.0": [("cat.left.1", 0), ("dw.1", 0)],     # dw channels 0..5 are left's
-    "cat.right.0": [("cat.right.1", 0), ("dw.1", -6)],  # dw channels 6..9 are right's
+    "cat.right.0": [("cat.right.1", 0), ("dw.1", 6)],   # dw channels 6..9 are right's
     "head.0": [("head.1", 0)],
-    "hidden": [("hidden", 0)],
+    "hidden": [("hidden", 0)],   # a linear layer no BN follows carries its own mask
 }
 
 
@@ -105,6 +105,37 @@ class Grouped(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class Shared(nn.Module):
+    """One conv applied twice (weight sharing): a layer called more than once per forward."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = _conv_bn(3, 8, 3, 2)
+        self.block = nn.Conv2d(8, 8, 3, 1, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.block(x))
+        x = torch.relu(self.block(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Gated(nn.Module):
+    """A sigmoid between a BN and the conv that reads it: a channel masked at its BN reads as
+    sigmoid(0) = 0.5 downstream, not as the channel removed."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = _conv_bn(3, 8, 3, 2)
+        self.conv = _conv_bn(8, 8, 3)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(torch.sigmoid(self.stem(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def branchy(num_classes: int = 10) -> nn.Module:
     return Branchy(num_classes)
 
@@ -115,6 +146,14 @@ def conv_classifier(num_classes: int = 10) -> nn.Module:
 
 def grouped(num_classes: int = 10) -> nn.Module:
     return Grouped(num_classes)
+
+
+def shared(num_classes: int = 10) -> nn.Module:
+    return Shared(num_classes)
+
+
+def gated(num_classes: int = 10) -> nn.Module:
+    return Gated(num_classes)
 
 
 def broken(num_classes: int = 10) -> nn.Module:

@@ -7,8 +7,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from mlprunes.arch import ArchSpec
-from mlprunes.counting import count_params
+from mlprunes.arch import ArchSpec, GraphSpec, Spec
+from mlprunes.counting import count, count_params
 from mlprunes.data import DataSplits, DatasetError, load_data
 from mlprunes.data.loader import DeviceLoader
 from mlprunes.engine.trainer import resolve_device
@@ -78,6 +78,13 @@ def check_fits(spec: ArchSpec) -> None:
         raise StageError(f"{spec.name} has {params:,} parameters: training it needs at least "
                          f"{needed / 2**30:,.1f} GiB, and this machine has "
                          f"{memory / 2**30:,.1f} GiB")
+
+
+def check_input(spec: Spec, image_size) -> None:
+    """A traced network must take the data's images: counting it at their size runs it once,
+    and an input it cannot take is one ArchError before any run."""
+    if isinstance(spec, GraphSpec):
+        count(spec, image_size)
 
 
 def check_batches(loaders: Loaders) -> None:

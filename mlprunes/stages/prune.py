@@ -25,7 +25,8 @@ from mlprunes.pruning import Pruner, compress, make_saliency, spec_after
 from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, prune_while_finetuning,
                                    restore)
 from mlprunes.stages import contract, kept, tracking
-from mlprunes.stages.common import check_batches, load_splits, make_loaders, say, spec_json
+from mlprunes.stages.common import (check_batches, check_input, load_splits, make_loaders, say,
+                                    spec_json)
 from mlprunes.stages.trained import log_final
 
 
@@ -45,6 +46,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         contract.check_logged_arch(base_run, spec, contract.FINAL)
         check_prune_count(spec, job.prunes, job.keep_one, job.round_to)
         splits = load_splits(data)
+        check_input(spec, splits.image_size)
         if splits.num_classes != spec.num_classes:
             raise StageError(f"{data.dataset} has {splits.num_classes} classes but the base "
                              f"network has {spec.num_classes}; prune on the data it was "

@@ -65,7 +65,9 @@ _PASSED_ON = (_TIMEOUT, _RETRIES, "MLFLOW_DISABLE_TELEMETRY",
               "MLPRUNES_CHECKPOINT_DIR", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
               "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_INSECURE_TLS",
               "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-              "MLFLOW_S3_ENDPOINT_URL")
+              "MLFLOW_S3_ENDPOINT_URL",
+              # The modules a traced network's factory may come from (`nets.builders`).
+              "MLPRUNES_ALLOWED_MODULES")
 
 
 def worker_env() -> dict[str, str]:

@@ -34,8 +34,8 @@ from mlprunes.nets import build
 from mlprunes.pruning import build_sliced
 from mlprunes.stages import contract, kept, tracking
 from mlprunes.stages.contract import PrunedSource
-from mlprunes.stages.common import (Loaders, check_batches, check_fits, load_splits,
-                                    make_loaders, say, spec_json)
+from mlprunes.stages.common import (Loaders, check_batches, check_fits, check_input,
+                                    load_splits, make_loaders, say, spec_json)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ def prepare(training: Training) -> Prepared:
     spec = training.spec
     check_fits(spec)
     splits = load_splits(training.data)
+    check_input(spec, splits.image_size)
     if spec.num_classes != splits.num_classes:
         raise StageError(
             f"the network has {spec.num_classes} classes but {training.data.dataset} has "
