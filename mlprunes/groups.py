@@ -214,13 +214,63 @@ def _skeleton(builder: str, args_json: str, num_classes: int, input_size: tuple[
     model, _ = _template(builder, args_json, num_classes)
     label = builder
     _check_output(model, input_size, num_classes, label)
-    return tuple(analyse(copy.deepcopy(model), input_size, rule, label))
+    infos = tuple(analyse(copy.deepcopy(model), input_size, rule, label))
+    _check_masks_remove(model, infos, input_size, label)
+    return infos
 
 
 def skeleton(spec: GraphSpec) -> tuple[GroupInfo, ...]:
     """The groups of `spec`'s builder's full network."""
+    from mlprunes.nets.builders import check_permitted
+    check_permitted(spec.builder)   # before the cache: a traced builder is not thereby allowed
     return _skeleton(spec.builder, spec.args_json, spec.num_classes, spec.input_size,
                      spec.groups)
+
+
+def _check_masks_remove(model: nn.Module, infos: Sequence[GroupInfo], input_size,
+                        label: str) -> None:
+    """A masked channel must be a removed one: zero at every producer must read as nothing
+    wherever the channel is read. Anything between that maps zero elsewhere (a sigmoid before
+    the next conv) breaks it, so every group is tried once on the builder's network, masked at
+    random and cut, and the first group whose cut network computes otherwise is refused."""
+    if not infos:
+        return
+    probe = GraphSpec(builder=label, num_classes=1, names=tuple(g.name for g in infos),
+                      mids=tuple(g.width for g in infos), input_size=tuple(input_size))
+
+    def differs(which: Sequence[int]) -> bool:
+        masked = copy.deepcopy(model).eval()
+        groups = _install(masked, infos)
+        generator = torch.Generator().manual_seed(0)
+        keeps = []
+        for g, group in enumerate(groups):
+            mask = torch.ones(group.mid)
+            if g in which and group.mid > 1:
+                mask[torch.randperm(group.mid, generator=generator)[:group.mid // 2]] = 0
+            group.set_mask(mask)
+            keeps.append(mask.nonzero().flatten().tolist())
+        compact = copy.deepcopy(masked)
+        for module in compact.modules():
+            _unmask_module(module)
+        compact.__dict__.pop("channel_groups", None)
+        try:
+            compact = _slice(compact, probe, keeps)
+        except Exception:
+            return True
+        batch = torch.randn(2, *input_size, generator=generator)
+        with torch.no_grad():
+            a, b = masked(batch), compact.eval()(batch)
+        return a.shape != b.shape or float((a - b).abs().max()) > 1e-4 * max(
+            1.0, float(a.abs().max()))
+
+    if not differs(range(len(infos))):
+        return
+    bad = next((g for g in range(len(infos)) if differs([g])), None)
+    where = f"group {infos[bad].name}" if bad is not None else "its groups together"
+    raise ArchError("arch", f"{label}: {where} cannot be pruned by masking: a masked channel "
+                            f"does not vanish where it is read (an operation between its "
+                            f"producer and its readers maps zero elsewhere, e.g. a sigmoid); "
+                            f"try --groups internal")
 
 
 def template_widths(spec: GraphSpec) -> tuple[int, ...]:
@@ -328,15 +378,17 @@ def _call(spec: GraphSpec) -> nn.Module:
     return call(spec.builder, spec.args, spec.num_classes)
 
 
-def _slice(model: nn.Module, spec: GraphSpec, keep: list[list[int]]) -> nn.Module:
+def _slice(model: nn.Module, spec: GraphSpec, keep: list[list[int]],
+           names: Sequence[str] | None = None) -> nn.Module:
     """Cut `model` (the builder's network at the widths its groups now have) to the channels
-    `keep[g]` of each group g, by Torch-Pruning's group pruning."""
+    `keep[g]` of each group g (of `names`, by default the description's), by Torch-Pruning's
+    group pruning."""
     import torch_pruning as tp
     model.eval()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(
         1, *spec.input_size))
     modules = dict(model.named_modules())
-    for name, kept in zip(spec.names, keep):
+    for name, kept in zip(spec.names if names is None else names, keep):
         root = modules[name]
         width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
         drop = sorted(set(range(width)) - set(int(k) for k in kept))
@@ -429,11 +481,14 @@ class _Masked:
 
     def _mask_setup(self, channels: int) -> None:
         self.register_buffer("channel_mask", torch.ones(channels))
-        self.activation_observer = None
+        # One observer per group this layer produces channels for (a BN after a
+        # concatenation normalises several groups' channels).
+        self.activation_observers: dict[int, Callable[[torch.Tensor], None]] = {}
 
     def _observed(self, out: torch.Tensor) -> torch.Tensor:
-        if self.activation_observer is not None and out.requires_grad:
-            self.activation_observer(out)
+        if self.activation_observers and out.requires_grad:
+            for observer in self.activation_observers.values():
+                observer(out)
         return out
 
 
@@ -497,7 +552,7 @@ def _unmask_module(module: nn.Module) -> None:
         return
     module.__class__ = module.__dict__.pop("_unmasked_class")
     del module._buffers["channel_mask"]
-    module.__dict__.pop("activation_observer", None)
+    module.__dict__.pop("activation_observers", None)
 
 
 class ChannelGroup:
@@ -512,7 +567,7 @@ class ChannelGroup:
         self._producers = [(modules[m.module], torch.tensor(m.index), torch.tensor(m.root))
                            for m in info.masked]
         self._pending: torch.Tensor | None = None
-        self._reported: set[int] = set()
+        self._outstanding = 0    # outputs observed in this forward whose gradient is to come
         self._placed: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _indices(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -550,16 +605,19 @@ class ChannelGroup:
 
     def observe(self, callback: PerSampleObserver | None) -> None:
         """Call `callback` once per backward pass with the (N, width) per-sample sums over
-        every producer and position of a * dL/da; None stops observing."""
-        self._pending, self._reported = None, set()
-        for k, (module, index, root) in enumerate(self._producers):
-            module.activation_observer = (
-                None if callback is None else functools.partial(self._hook, k, callback))
+        every producer, every call of it and every position of a * dL/da; None stops."""
+        self._pending, self._outstanding = None, 0
+        for k, (module, _, _) in enumerate(self._producers):
+            if callback is None:
+                module.activation_observers.pop(id(self), None)
+            else:
+                module.activation_observers[id(self)] = functools.partial(
+                    self._hook, k, callback)
 
     def _hook(self, k: int, callback: PerSampleObserver, out: torch.Tensor) -> None:
-        if k in self._reported:   # a new forward before the last backward finished: restart
-            self._pending, self._reported = None, set()
-        self._reported.add(k)
+        # Counted per call, not per layer: a layer run twice in one forward reports twice, and
+        # the group's sum is complete when every output seen has had its gradient.
+        self._outstanding += 1
         out.register_hook(functools.partial(self._accumulate, k, callback, out.detach()))
 
     def _accumulate(self, k: int, callback, activation: torch.Tensor, grad: torch.Tensor):
@@ -572,9 +630,9 @@ class ChannelGroup:
         if self._pending is None:
             self._pending = share.new_zeros(share.shape[0], self.mid)
         self._pending.index_add_(1, root, share)
-        self._reported.discard(k)
-        if not self._reported:
-            total, self._pending = self._pending, None
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            total, self._pending, self._outstanding = self._pending, None, 0
             callback(total)
 
 
@@ -583,13 +641,20 @@ def install_masks(model: nn.Module, spec: GraphSpec) -> list[ChannelGroup]:
     in the order of `spec.names`."""
     infos = analyse(model, spec.input_size, spec.groups, spec.builder)
     by_name = {g.name: g for g in infos}
-    modules = dict(model.named_modules())
-    groups = []
+    chosen = []
     for name, width in zip(spec.names, spec.mids):
         info = by_name.get(name)
         if info is None or info.width != width:
             raise ArchError("widths", f"group {name} of {spec.builder} is not "
                                       f"{width} channels wide in the network built")
+        chosen.append(info)
+    return _install(model, chosen)
+
+
+def _install(model: nn.Module, infos: Sequence[GroupInfo]) -> list[ChannelGroup]:
+    modules = dict(model.named_modules())
+    groups = []
+    for info in infos:
         for member in info.masked:
             _mask_module(modules[member.module], member.module)
         groups.append(ChannelGroup(info, modules))
@@ -671,8 +736,10 @@ def _layers(builder: str, args_json: str, num_classes: int,
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             def record(mod, inputs, output, name=name):
-                positions[name] = int(output[0, 0].numel()) if isinstance(mod, nn.Conv2d) \
-                    else int(output[0].numel() // output.shape[-1])
+                # Summed over calls: a layer run twice does its work twice.
+                positions[name] = positions.get(name, 0) + (
+                    int(output[0, 0].numel()) if isinstance(mod, nn.Conv2d)
+                    else int(output[0].numel() // output.shape[-1]))
             hooks.append(module.register_forward_hook(record))
     try:
         with torch.no_grad():
@@ -706,7 +773,7 @@ def count_graph(spec: GraphSpec, image_size: tuple[int, int]) -> tuple[int, int,
     from its full network's layers and how many channels each group takes from each."""
     infos = skeleton(spec)
     layers = _layers(spec.builder, spec.args_json, spec.num_classes, tuple(image_size),
-                     spec.input_size[0])
+                     spec.input_size[0])   # after skeleton(spec), which checks the builder
     removed: dict[tuple[str, str], int] = {}
     for info, width in zip(infos, _widths_for(spec, infos)):
         gone = info.width - width

@@ -122,7 +122,7 @@ def test_bad_networks_are_one_line_before_any_run(store):
         ("--arch", "torchvision:resnet18", "--arch-args", '{"bogus": 1}'): "bogus",
         ("--arch", "torchvision:resnet18", "--depth", "18"): "--arch-args",
         ("--arch", "resnet", "--groups", "all"): "option-A",
-        ("--arch", "vgg", "--image-size", "4"): "cannot take an input",
+        ("--arch", "vgg", "--image-size", "8"): "cannot take an input",
     }
     for args, needle in cases.items():
         result = cli("train", *args, "--dataset", "shapes", "--epochs", "1", "--no-progress")

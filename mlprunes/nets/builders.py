@@ -48,14 +48,29 @@ def _ours() -> dict[str, Callable[..., nn.Module]]:
     return {"resnet": cifar_resnet, "vgg": cifar_vgg}
 
 
+def check_permitted(builder: str) -> None:
+    """Refuse, without importing anything, a builder the rule above does not allow."""
+    if builder in ("resnet", "vgg"):
+        return
+    if ":" not in builder:
+        raise ArchError("arch", f"unknown builder {builder!r}: use wrn, densenet, resnet, vgg, "
+                                f"torchvision:NAME or package.module:factory")
+    module_name = builder.partition(":")[0]
+    if module_name == "torchvision":
+        return
+    allowed = allowed_modules()
+    if not any(module_name == a or module_name.startswith(a + ".") for a in allowed):
+        raise ArchError("arch", f"builder {builder!r} is not imported: its module is not "
+                                f"allowed on this machine (allow it with --allow-module "
+                                f"{module_name.split('.')[0]} or {ALLOWED_ENV})")
+
+
 def resolve(builder: str) -> Callable[..., nn.Module]:
     """The factory a builder names, imported only under the rule above."""
+    check_permitted(builder)
     ours = _ours()
     if builder in ours:
         return ours[builder]
-    if ":" not in builder:
-        raise ArchError("arch", f"unknown builder {builder!r}: use wrn, densenet, "
-                                f"{', '.join(ours)}, torchvision:NAME or package.module:factory")
     module_name, _, attr = builder.partition(":")
     if module_name == "torchvision":
         import torchvision.models as models
@@ -65,11 +80,6 @@ def resolve(builder: str) -> Callable[..., nn.Module]:
                                     f"models.list_models() lists {len(names)}, e.g. resnet18, "
                                     f"mobilenet_v2)")
         return models.get_model_builder(attr)
-    allowed = allowed_modules()
-    if not any(module_name == a or module_name.startswith(a + ".") for a in allowed):
-        raise ArchError("arch", f"builder {builder!r} is not imported: its module is not "
-                                f"allowed on this machine (allow it with --allow-module "
-                                f"{module_name.split('.')[0]} or {ALLOWED_ENV})")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # an import can fail in any way its code can
