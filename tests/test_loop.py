@@ -18,9 +18,9 @@ from tests.test_engine import toy_data
 SPEC = arch.wrn(10, 1, num_classes=5)
 
 
-def setup(criterion="fisher", init_seed=0):
+def setup(criterion="fisher", init_seed=0, spec=SPEC):
     seed_everything(init_seed)
-    model = build(SPEC, masked=True)
+    model = build(spec, masked=True)
     images, labels = toy_data()
     train = DeviceLoader(images, labels, 16, (0.3,) * 3, (0.2,) * 3, train=True, seed=0)
     evaluation = DeviceLoader(images, labels, 32, (0.3,) * 3, (0.2,) * 3, train=False)
@@ -59,13 +59,16 @@ def test_the_loop_prunes_validates_and_saves_on_its_schedule(criterion):
     assert saves[0][1]["prune_history"] == pruner.history[:4]
 
 
-def test_a_restored_loop_ends_as_the_uninterrupted_one():
+@pytest.mark.parametrize("spec", [SPEC, "resnet"], ids=["wrn", "traced-resnet-8"])
+def test_a_restored_loop_ends_as_the_uninterrupted_one(spec):
+    if spec == "resnet":   # a traced network: its groups' masks live in its BN layers
+        spec = arch.make_spec("resnet", depth=8, num_classes=5)
     schedule = PruneSchedule(prunes=9, prune_every=3, val_every=2, save_every=4)
-    trainer, pruner, evaluation = setup()
+    trainer, pruner, evaluation = setup(spec=spec)
     straight = prune_while_finetuning(trainer, pruner, schedule, evaluation, (12, 12))
 
     saved = {}
-    first, first_pruner, _ = setup()
+    first, first_pruner, _ = setup(spec=spec)
     with pytest.raises(KeyboardInterrupt):
         def die(point):
             if point["prunes"] == 6:
@@ -75,7 +78,7 @@ def test_a_restored_loop_ends_as_the_uninterrupted_one():
                                on_save=[lambda p, c: saved.update({p: copy.deepcopy(c)})])
     assert list(saved) == [4]
 
-    again, again_pruner, _ = setup(init_seed=123)  # everything must come from the checkpoint
+    again, again_pruner, _ = setup(init_seed=123, spec=spec)  # all from the checkpoint
     start, curve = restore(saved[4], again, again_pruner)
     assert start == 4 and [p["prunes"] for p in curve] == [0, 2, 4]
     resumed = prune_while_finetuning(again, again_pruner, schedule, evaluation, (12, 12),
