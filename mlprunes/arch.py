@@ -210,7 +210,8 @@ class GraphSpec:
     @property
     def name(self) -> str:
         """`resnet-56`, `vgg-16`, `torchvision-resnet18`, `package.module-factory`; arguments
-        other than depth add a short digest, so that two networks never share a name."""
+        other than depth add a short digest of them (the group rule, the classes and the input
+        size are not in the name, as a WRN's classes are not in `wrn-40-2`)."""
         args = self.args
         base = self.builder.replace(":", "-")
         if self.builder in GRAPH_BUILDERS and "depth" in args:
@@ -258,9 +259,13 @@ class GraphSpec:
         input_size = data.get("input_size", [3, 32, 32])
         if not isinstance(input_size, list):
             raise ArchError("input_size", f"must be [channels, height, width], got {input_size!r}")
+        try:
+            args_json = canonical_json(args)
+        except (TypeError, ValueError):
+            raise ArchError("args", "must hold plain, finite values") from None
         return cls(builder=data["builder"], num_classes=data["num_classes"],
                    names=tuple(w[0] for w in widths), mids=tuple(w[1] for w in widths),
-                   args_json=canonical_json(args), input_size=tuple(input_size),
+                   args_json=args_json, input_size=tuple(input_size),
                    groups=data.get("groups", "internal"))
 
     @classmethod
@@ -303,12 +308,13 @@ def densenet(depth: int = 100, growth: int = 12, num_classes: int = 10,
 def make_spec(family: str, *, depth: int | None = None, width: float | None = None,
               growth: int | None = None, num_classes: int = 10,
               bottle: float | None = None, args: dict[str, Any] | None = None,
-              groups: str | None = None) -> Spec:
+              groups: str | None = None, input_size: int | None = None) -> Spec:
     """Build a description from command-line style options; unset options take the paper's
     defaults (WRN-40-2, DenseNet-BC-100 with k=12, ResNet-56, VGG-16).
 
-    Any builder but `wrn` and `densenet` is traced to find its groups, which needs its code:
-    see `mlprunes.nets.builders` for which builders are imported."""
+    Any builder but `wrn` and `densenet` is traced to find its groups, at `input_size` x
+    `input_size` images (default 32; the seed's families ignore it), which needs its code: see
+    `mlprunes.nets.builders` for which builders are imported."""
     if family in FAMILIES and (args or groups not in (None, "internal")):
         raise ArchError("args" if args else "groups",
                         f"{family} has its own options (--depth, --width, --growth) and "
@@ -319,8 +325,11 @@ def make_spec(family: str, *, depth: int | None = None, width: float | None = No
                             f"applies to wrn and densenet only; for {family}, use --bottle "
                             f"(a uniform width multiplier) or its own arguments (--arch-args)")
         from mlprunes.groups import describe   # the network must be traced: not this module
+        size = 32 if input_size is None else input_size
+        if not _is_int(size) or size < 1:
+            raise ArchError("input_size", f"must be a positive integer, got {size!r}")
         return describe(family, args=args or {}, depth=depth, num_classes=num_classes,
-                        groups=groups, bottle=bottle)
+                        groups=groups, bottle=bottle, input_size=(3, size, size))
     if family == "wrn":
         if growth is not None:
             raise ArchError("growth", "applies to densenet only; use --width for wrn")

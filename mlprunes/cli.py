@@ -122,8 +122,9 @@ class ArchChoice:
     args: dict | None = None
     groups: str | None = None
     allow_module: tuple[str, ...] = ()
+    input_size: int | None = None
 
-    def spec(self, default_classes: int = 10) -> Spec:
+    def spec(self, default_classes: int = 10, default_size: int | None = None) -> Spec:
         if self.allow_module:
             from mlprunes.nets.builders import allow_modules
             allow_modules(self.allow_module)
@@ -131,7 +132,8 @@ class ArchChoice:
             spec = make_spec(self.family, depth=self.depth, width=self.width,
                              growth=self.growth, bottle=self.bottle,
                              num_classes=self.num_classes or default_classes,
-                             args=self.args, groups=self.groups)
+                             args=self.args, groups=self.groups,
+                             input_size=self.input_size or default_size)
             return spec.rounded(self.round_to) if self.round_to != 1 else spec
         except ArchError as err:
             raise click.ClickException(str(err)) from None
@@ -174,6 +176,9 @@ ARCH = OptionGroup("arch", [
                  help="Which channel groups of a traced network are prunable: internal (no "
                       "residual add or concatenation couples them: the paper's rule) or all "
                       "[default: internal for resnet, all for the others]."),
+    click.option("--input-size", type=int, default=None, metavar="N",
+                 help="Image size a traced network is traced at, N x N [default: the data's "
+                      "--image-size, else 32]; it must take the data's images."),
     click.option("--allow-module", multiple=True, metavar="MODULE",
                  help="Allow this module (and its submodules) to provide --arch "
                       "package.module:factory builders on this machine (also "
@@ -334,8 +339,16 @@ def stage_command(fn):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlprunes")
-def main() -> None:
-    """Structured channel pruning of WideResNets and DenseNet-BCs, tracked with MLflow."""
+@click.option("--allow-module", "allowed", multiple=True, metavar="MODULE",
+              help="Allow this module (and its submodules) to provide package.module:factory "
+                   "networks to every command, e.g. `mlprunes --allow-module mynets prune ...` "
+                   "(also MLPRUNES_ALLOWED_MODULES, comma-separated). Repeatable.")
+def main(allowed: tuple[str, ...] = ()) -> None:
+    """Structured channel pruning of WideResNets, DenseNet-BCs and any CNN, tracked with
+    MLflow."""
+    if allowed:
+        from mlprunes.nets.builders import allow_modules
+        allow_modules(allowed)
 
 
 @main.command(short_help="A network's size, computed without building it.")
@@ -347,7 +360,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def describe(arch: ArchChoice, image_size, as_json):
     """Print a network's parameters, FLOPs and prunable channels without building it."""
-    spec = arch.spec()
+    spec = arch.spec(default_size=image_size)
     if image_size < 1:
         raise click.BadParameter("must be positive", param_hint="--image-size")
     counts = count(spec, image_size)
@@ -391,7 +404,8 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
     from mlprunes.stages.common import dataset_classes
 
     data_config = data.over(DataConfig())
-    spec = arch.spec(default_classes=dataset_classes(data_config))
+    spec = arch.spec(default_classes=dataset_classes(data_config),
+                     default_size=data_config.image_size)
     preset = recipe.preset or default_preset(spec.family)
     bottle = f"-bottle{arch.bottle:g}" if arch.bottle is not None else ""
     bottle += f"-r{arch.round_to}" if arch.round_to != 1 else ""

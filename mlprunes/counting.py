@@ -141,10 +141,10 @@ def _count_densenet(spec: ArchSpec, size: Size, t: _Tally) -> None:
     t.linear(channels, spec.num_classes)
 
 
-def smallest_params(spec: ArchSpec) -> int:
+def smallest_params(spec: Spec, round_to: int = 1) -> int:
     """Parameters of the smallest network with this skeleton: every prunable block at zero
-    (every group of a traced network at one channel)."""
-    return count_params(spec.with_mids([_floor(spec)] * spec.num_blocks))
+    (every group of a traced network at `round_to` channels)."""
+    return count_params(spec.with_mids([_floor(spec, round_to)] * spec.num_blocks))
 
 
 def _floor(spec: Spec, round_to: int = 1) -> int:
@@ -161,12 +161,14 @@ def scale_to_budget(spec: ArchSpec, params_budget: int, round_to: int = 1) -> Ar
     it is built by cutting the builder's network. Raises ValueError for a budget below the
     smallest network.
     """
-    smallest = smallest_params(spec)
+    if round_to < 1:
+        raise ValueError(f"round_to must be at least 1, got {round_to}")
+    smallest = smallest_params(spec, round_to)
     if params_budget < smallest:
         raise ValueError(f"a budget of {params_budget:,} parameters is below the smallest "
                          f"{spec.name} with this skeleton ({smallest:,} parameters, every "
                          f"prunable block " + ("empty)" if spec.can_empty_groups else
-                                               "at one channel)"))
+                                               f"at {round_to} channel(s))"))
     if not any(spec.mids):
         return spec
 
@@ -182,6 +184,10 @@ def scale_to_budget(spec: ArchSpec, params_budget: int, round_to: int = 1) -> Ar
             widths = [min(w, c) for w, c in zip(widths, ceiling)]
         return spec.with_mids(widths)
 
+    if ceiling is not None and count_params(spec.with_mids(ceiling)) < params_budget:
+        raise ValueError(f"a budget of {params_budget:,} parameters is above {spec.name} at its "
+                         f"builder's own widths ({count_params(spec.with_mids(ceiling)):,}): a "
+                         f"traced network's groups cannot grow past them")
     low, high = 0.0, 1.0
     while count_params(scaled(high)) <= params_budget:
         low, high = high, high * 2

@@ -30,6 +30,7 @@ import copy
 import functools
 import inspect
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -278,17 +279,24 @@ def template_widths(spec: GraphSpec) -> tuple[int, ...]:
 
 
 def _check_output(model: nn.Module, input_size, num_classes: int, label: str) -> None:
-    model = copy.deepcopy(model).eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.randn(1, *input_size))
-    except Exception as err:
-        raise ArchError("input_size", f"{label} cannot take an input of {list(input_size)} "
-                                      f"({type(err).__name__}: {_first_line(err)})") from None
-    if not isinstance(out, torch.Tensor) or out.shape != (1, num_classes):
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ArchError("arch", f"{label} gives {shape} for one input, not [1, {num_classes}] "
-                                f"class scores")
+    """In eval mode and in training mode (where some networks add auxiliary outputs), a batch
+    of images must give (N, num_classes) class scores."""
+    model = copy.deepcopy(model)
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        try:
+            with torch.no_grad():
+                out = model(torch.randn(2, *input_size))
+        except Exception as err:
+            raise ArchError("input_size", f"{label} cannot take an input of "
+                                          f"{list(input_size)} ({type(err).__name__}: "
+                                          f"{_first_line(err)})") from None
+        if not isinstance(out, torch.Tensor) or out.shape != (2, num_classes):
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ArchError("arch", f"{label} gives {shape} in {mode} mode for two inputs, not "
+                                    f"[2, {num_classes}] class scores (a network with auxiliary "
+                                    f"outputs needs them off, e.g. --arch-args "
+                                    f"'{{\"aux_logits\": false}}')")
 
 
 def describe(builder: str, *, args: dict[str, Any], depth: int | None = None,
@@ -307,22 +315,35 @@ def describe(builder: str, *, args: dict[str, Any], depth: int | None = None,
         args.setdefault("depth", 56 if builder == "resnet" else 16)
     if bottle is not None and not (_is_number(bottle) and bottle > 0):
         raise ArchError("bottle", f"must be a positive finite number, got {bottle!r}")
+    try:
+        args_json = canonical_json(args)
+    except (TypeError, ValueError):
+        raise ArchError("args", "must hold plain, finite values") from None
     rule = groups or default_rule(builder)
     if builder == "resnet" and rule == "all":
         raise ArchError("groups", "resnet's option-A shortcut couples the stages by zero "
                                   "padding, which the dependency graph cannot follow: only "
                                   "--groups internal (each block's inner channels)")
     probe = GraphSpec(builder=builder, num_classes=num_classes, names=(), mids=(),
-                      args_json=canonical_json(args), input_size=tuple(input_size), groups=rule)
+                      args_json=args_json, input_size=tuple(input_size), groups=rule)
     infos = skeleton(probe)
     if not infos:
         raise ArchError("groups", f"{builder} has no prunable channel groups under "
                                   f"--groups {rule}" + (" (try --groups all)"
                                                         if rule == "internal" else ""))
     widths = [g.width if bottle is None else max(1, int(g.width * bottle)) for g in infos]
-    return GraphSpec(builder=builder, num_classes=num_classes,
+    spec = GraphSpec(builder=builder, num_classes=num_classes,
                      names=tuple(g.name for g in infos), mids=tuple(widths),
                      args_json=probe.args_json, input_size=probe.input_size, groups=rule)
+    if len(spec.to_json()) > MAX_DESCRIPTION:
+        raise ArchError("groups", f"{builder} has {len(infos)} groups under --groups {rule}: "
+                                  f"its description ({len(spec.to_json()):,} characters) is "
+                                  f"over MLflow's {MAX_DESCRIPTION:,}-character param limit"
+                                  + ("; try --groups internal" if rule == "all" else ""))
+    return spec
+
+
+MAX_DESCRIPTION = 6000   # MLflow's limit on a param value: `arch_spec` is logged as one
 
 
 def default_rule(builder: str) -> str:
@@ -406,6 +427,14 @@ def _recording_construction(make: Callable[[], nn.Module],
     and the names of those layers in construction order. With `overrides`, the k-th layer
     constructed gets those constructor arguments instead (its channel counts): the builder's own
     code, and so its own init, at other widths."""
+    with _CONSTRUCTION_LOCK:   # the patch is process-wide: one recording at a time
+        return _record(make, overrides)
+
+
+_CONSTRUCTION_LOCK = threading.RLock()
+
+
+def _record(make, overrides):
     constructed: list[nn.Module] = []
     saved = {cls: cls.__dict__.get("__init__") for cls in _PARAMETRISED}
     originals = {cls: cls.__init__ for cls in _PARAMETRISED}
@@ -614,6 +643,9 @@ class ChannelGroup:
                 module.activation_observers[id(self)] = functools.partial(
                     self._hook, k, callback)
 
+    def start_forward(self) -> None:
+        self._pending, self._outstanding = None, 0
+
     def _hook(self, k: int, callback: PerSampleObserver, out: torch.Tensor) -> None:
         # Counted per call, not per layer: a layer run twice in one forward reports twice, and
         # the group's sum is complete when every output seen has had its gradient.
@@ -623,8 +655,10 @@ class ChannelGroup:
     def _accumulate(self, k: int, callback, activation: torch.Tensor, grad: torch.Tensor):
         # In fp32 whatever autocast ran the step in: squares of bf16 products lose the ranking.
         product = activation.float() * grad.float()
-        per_channel = product.sum(dim=tuple(range(2, product.dim()))) if product.dim() > 2 \
-            else product
+        if isinstance(self._producers[k][0], nn.Linear):   # channels last: (N, ..., C)
+            per_channel = product.reshape(product.shape[0], -1, product.shape[-1]).sum(1)
+        else:                                             # channels first: (N, C, ...)
+            per_channel = product.flatten(2).sum(2) if product.dim() > 2 else product
         index, root = self._indices(k, per_channel.device)
         share = per_channel.index_select(1, index)
         if self._pending is None:
@@ -659,7 +693,21 @@ def _install(model: nn.Module, infos: Sequence[GroupInfo]) -> list[ChannelGroup]
             _mask_module(modules[member.module], member.module)
         groups.append(ChannelGroup(info, modules))
     model.channel_groups = groups
+    model.register_forward_pre_hook(_new_forward)
     return groups
+
+
+def _drop_forward_reset(model: nn.Module) -> None:
+    for key, hook in list(model._forward_pre_hooks.items()):
+        if hook is _new_forward:
+            del model._forward_pre_hooks[key]
+
+
+def _new_forward(model: nn.Module, inputs) -> None:
+    """Each forward starts every group's per-sample sums afresh: a forward with no backward
+    (the gradients never came) leaves nothing behind that the next step would miscount."""
+    for group in model.__dict__.get("channel_groups", ()):
+        group.start_forward()
 
 
 def is_graph_model(model: nn.Module) -> bool:
@@ -685,6 +733,7 @@ def compress_graph(model: nn.Module, check: bool = True) -> nn.Module:
     for module in compact.modules():
         _unmask_module(module)
     compact.__dict__.pop("channel_groups", None)
+    _drop_forward_reset(compact)
     compact = _slice(compact, spec, keeps)
     compact.spec = spec.with_mids(len(k) for k in keeps)
     compact.to(device=param.device, dtype=param.dtype)

@@ -439,7 +439,7 @@ def test_arguments_the_factory_does_not_take_are_named(arch):
 @pytest.mark.parametrize("arch, fragment, cls", [
     ("cnn_zoo:broken", "boom", "RuntimeError"),
     ("cnn_zoo:not_a_module", "not an nn.Module", "int"),
-    ("cnn_zoo:no_such_factory", "no callable", "no_such_factory"),
+    ("cnn_zoo:no_such_factory", "no function or class", "no_such_factory"),
 ])
 def test_a_factory_that_fails_is_refused_with_its_message(arch, fragment, cls):
     with pytest.raises(ArchError) as info:

@@ -103,7 +103,12 @@ BAD = [
     ("train.gamma=0", "preset tiny: train.gamma must be more than 0, got 0"),
     ("train.schedule=linear", "train.schedule must be one of step, cosine, constant"),
     ("network.depth=11", "preset tiny: [network] is not a valid network"),
-    ("network.family=vgg", "network.family must be one of wrn, densenet, got 'vgg'"),
+    ("network.family=alexnet", "network.family must be wrn, densenet, resnet, vgg, "
+                               "\"torchvision:NAME\" or \"package.module:factory\", got "
+                               "'alexnet'"),
+    ("network.family=resnet", "[network] is not a valid network: invalid architecture: "
+                              "width: applies to wrn and densenet only"),
+    ("network.arch=vgg", "preset tiny: [network] names its network twice (arch and family)"),
     ("network.growth=4", "preset tiny: [network] is not a valid network"),
     ("bogus.x=1", "preset tiny: unknown section [bogus]"),
     ("scratch.prunes=[99]", "scratch.prunes [99] go beyond prune.prunes = 12"),

@@ -137,7 +137,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     """The network a loaded checkpoint holds, with its weights (and masks, if masked)."""
-    model = build(checkpoint["spec"], masked=checkpoint["masked"])
+    # Its weights are loaded next: cut to size rather than initialised anew at it.
+    model = build(checkpoint["spec"], masked=checkpoint["masked"], init="sliced")
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:

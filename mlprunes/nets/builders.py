@@ -42,6 +42,10 @@ def allow_modules(modules: list[str] | tuple[str, ...]) -> None:
     os.environ[ALLOWED_ENV] = ",".join(current)
 
 
+def _within(module_name: str, allowed: tuple[str, ...]) -> bool:
+    return any(module_name == a or module_name.startswith(a + ".") for a in allowed)
+
+
 def _ours() -> dict[str, Callable[..., nn.Module]]:
     from mlprunes.nets.resnet import cifar_resnet
     from mlprunes.nets.vgg import cifar_vgg
@@ -58,8 +62,7 @@ def check_permitted(builder: str) -> None:
     module_name = builder.partition(":")[0]
     if module_name == "torchvision":
         return
-    allowed = allowed_modules()
-    if not any(module_name == a or module_name.startswith(a + ".") for a in allowed):
+    if not _within(module_name, allowed_modules()):
         raise ArchError("arch", f"builder {builder!r} is not imported: its module is not "
                                 f"allowed on this machine (allow it with --allow-module "
                                 f"{module_name.split('.')[0]} or {ALLOWED_ENV})")
@@ -87,8 +90,14 @@ def resolve(builder: str) -> Callable[..., nn.Module]:
                                 f"{_first_line(err)}); its code must be importable wherever "
                                 f"the study's jobs run") from None
     factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ArchError("arch", f"{module_name} has no callable {attr!r}")
+    if not (inspect.isfunction(factory) or inspect.isclass(factory)):
+        raise ArchError("arch", f"{module_name} has no function or class {attr!r}")
+    # Only what the allowed module defines itself: a name it merely imported (`from os import
+    # system`) is not a network factory the user allowed.
+    defined_in = getattr(factory, "__module__", "") or ""
+    if not _within(defined_in, allowed_modules()):
+        raise ArchError("arch", f"{builder} is {defined_in}.{factory.__qualname__}, defined "
+                                f"outside the allowed modules: it is not called")
     return factory
 
 
@@ -97,6 +106,11 @@ def call(builder: str, args: dict[str, Any], num_classes: int) -> nn.Module:
     factory that does not fail, and an `nn.Module` back."""
     factory = resolve(builder)
     kwargs = dict(args)
+    pretrained = sorted(k for k in kwargs if k.startswith("weights") or k == "pretrained")
+    if pretrained:
+        raise ArchError("args", f"{pretrained[0]}: networks are trained here from their "
+                                f"builder's own init, never downloaded (the study's question "
+                                f"is about training them)")
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):

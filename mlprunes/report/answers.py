@@ -21,6 +21,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlprunes.arch import GraphSpec
 from mlprunes.report.records import RunRecord, criterion_name, replicate_groups
 from mlprunes.report.stats import (Difference, interpolate, mean, paired_difference, std,
                                    welch_difference)
@@ -125,8 +126,8 @@ def test_curve(record: RunRecord) -> list[tuple[float, float]]:
 
 
 def is_reduced(record: RunRecord) -> bool:
-    return record.stage == "train" and (record.group.startswith("Reduced")
-                                        or record.group in ("Bottleneck", "Uniform width"))
+    return record.stage == "train" and (record.group.startswith("Reduced") or record.group in (
+        "Bottleneck", "Uniform width", "Smaller network"))
 
 
 def answer_all(records: list[RunRecord]) -> list[Answer]:
@@ -153,7 +154,11 @@ def reduced_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
             if baseline[0].data != pruned[0].data:  # another dataset or image size
                 continue
             if kind is not None and spec is not None and (
-                    spec.family != kind.family or spec.num_classes != kind.num_classes):
+                    spec.num_classes != kind.num_classes or (
+                        # the seed's families compare within a family; a traced network with
+                        # any smaller network of its study (another depth or builder)
+                        spec.family != kind.family and not (
+                            isinstance(spec, GraphSpec) and isinstance(kind, GraphSpec)))):
                 continue
             sizes = [b.params for b in baseline if b.params]
             if not sizes:

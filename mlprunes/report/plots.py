@@ -43,6 +43,7 @@ STYLES = [
     ("Reduced depth", "#d62728", "v"), ("Reduced width", "#9467bd", "^"),
     ("Reduced growth", "#9467bd", "^"), ("Reduced depth and width", "#17becf", "<"),
     ("Bottleneck", "#8c564b", "X"), ("Uniform width", "#9467bd", "^"),
+    ("Smaller network", "#d62728", "v"),
     ("Trained from scratch", "#17becf", "h"),
 ]
 

@@ -95,6 +95,14 @@ def _sliced(record: RunRecord) -> str:
     return " (sliced init)" if record.init == "sliced" else ""
 
 
+def _params(spec: Spec) -> float:
+    from mlprunes.counting import count_params
+    try:
+        return count_params(spec)
+    except ValueError:
+        return 0
+
+
 def _size(spec: Spec) -> float:
     """The family's size knob: WRN width, DenseNet growth; a traced network has none (its
     reductions are a uniform width multiplier on every group, or another depth)."""
@@ -117,8 +125,16 @@ def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str
     spec = r.spec
     if spec is None:
         return "Trained from scratch"
-    if spec.mids != spec.full_mids() and not _rounded_full(spec):
+    try:
+        full = spec.full_mids()
+    except ValueError:   # a traced network whose builder is not allowed here: no name for it
+        return "Trained from scratch"
+    if spec.mids != full and not _rounded_full(spec):
         return "Uniform width" if isinstance(spec, GraphSpec) else "Bottleneck"
+    if isinstance(spec, GraphSpec) and any(
+            isinstance(b, GraphSpec) and b.builder != spec.builder
+            and b.num_classes == spec.num_classes and (r.params or 0) < _params(b) for b in bases):
+        return "Smaller network"   # another builder (torchvision:resnet18 for a resnet50)
     candidates = [b for b in bases if b.family == spec.family
                   and b.num_classes == spec.num_classes
                   and (spec.depth or 0) <= (b.depth or 0) and _size(spec) <= _size(b)]

@@ -527,6 +527,6 @@ def load_network(run_id: str, artifact: str, source, device, tmp):
     if checkpoint["masked"]:
         masked = model
     else:
-        masked = build(model.spec, masked=True)
+        masked = build(model.spec, masked=True, init="sliced")   # its weights are loaded next
         masked.load_state_dict(model.state_dict(), strict=False)
     return masked.to(device).eval()

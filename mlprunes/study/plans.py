@@ -56,7 +56,8 @@ class StudyPlan:
 
     def base_spec(self, num_classes: int) -> ArchSpec:
         """The base network: the [network] section, its widths rounded to `round_to`."""
-        return make_spec(**self.arch, num_classes=num_classes).rounded(self.round_to)
+        return make_spec(**self.arch, num_classes=num_classes,
+                         input_size=self.data.image_size).rounded(self.round_to)
 
     @property
     def epochs(self) -> int:
@@ -131,8 +132,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     run_name=f"scratch{tag}-{_label(plan, c)}-{point}{sliced}{suffix}")))
     reduced = []
     for overrides in plan.baselines:
-        spec = make_spec(**{**plan.arch, **overrides},
-                         num_classes=base_spec.num_classes).rounded(plan.round_to)
+        spec = make_spec(**{**plan.arch, **overrides}, num_classes=base_spec.num_classes,
+                         input_size=plan.data.image_size).rounded(plan.round_to)
         label = baseline_label(overrides)
         reduced.append(train(f"reduced-{label}", spec))
     first = plan.criteria[0]

@@ -293,7 +293,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
     network.setdefault("family", "wrn")
     round_to = network.pop("round_to", 1)
     try:
-        base = make_spec(**network, num_classes=10).rounded(round_to)
+        base = make_spec(**network, num_classes=10, input_size=data.image_size).rounded(round_to)
     except (ArchError, TypeError, ValueError, OverflowError) as err:
         raise StageError(f"{source}: [network] is not a valid network: {err}") from None
     train = dict(tree.get("train", {}))
@@ -322,7 +322,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
                              f"and the sweeps together)")
         seen.append(overrides)
         try:
-            make_spec(**{**network, **overrides}, num_classes=10)
+            make_spec(**{**network, **overrides}, num_classes=10, input_size=data.image_size)
         except (ArchError, TypeError, ValueError, OverflowError) as err:
             raise StageError(f"{source}: baseline {overrides} is not a valid network: {err}"
                              ) from None
@@ -334,7 +334,8 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         raise StageError(f"{source}: prune.prunes = {prunes} is more than the {limit} {what} "
                          f"{base.name} can lose" + (" with keep_one" if keep_one else ""))
     if round_to > 1 and scratch.get("init") == "sliced" and any(
-            m > f for m, f in zip(base.mids, make_spec(**network, num_classes=10).full_mids())):
+            m > f for m, f in zip(base.mids, make_spec(**network, num_classes=10,
+                                                       input_size=data.image_size).full_mids())):
         raise StageError(f"{source}: network.round_to = {round_to} makes {base.name} wider than "
                          f"itself in some block ({list(base.mids)}), which scratch.init = "
                          f"\"sliced\" cannot cut from the full network; use init = \"fresh\"")
