@@ -417,7 +417,8 @@ def _slice(model: nn.Module, spec: GraphSpec, keep: list[list[int]],
             continue
         fn = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else \
             tp.prune_linear_out_channels
-        graph.get_pruning_group(root, fn, drop).prune()
+        # Torch-Pruning's group pruning of the layers (not a Pruner's prune: no saliency here)
+        graph.get_pruning_group(root, fn, drop).prune(None, False)
     return model
 
 
