@@ -29,6 +29,7 @@ if _HERE not in sys.path:
 import cnn_zoo  # noqa: E402
 
 from mlprunes.arch import ArchError, ArchSpec, GraphSpec, make_spec  # noqa: E402
+from mlprunes import arch as arch_module  # noqa: E402
 from mlprunes.counting import count  # noqa: E402
 from mlprunes.nets import build, prunable_units  # noqa: E402
 from mlprunes.pruning import (FisherSaliency, Pruner, build_sliced, compress, locate,  # noqa: E402
@@ -565,3 +566,15 @@ def test_a_network_whose_masked_channel_is_not_removed_is_refused_up_front():
     with pytest.raises(ArchError, match="group stem.0 cannot be pruned by masking") as err:
         make_spec("cnn_zoo:gated")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec", [arch_module.wrn(depth=16, width=1),
+                                  arch_module.densenet(depth=16, growth=6),
+                                  arch_module.wrn(depth=10, width=1).with_mids([16, 0, 20])],
+                         ids=["wrn-16-1", "densenet-bc-16-6", "wrn-10-1-a-block-vanished"])
+def test_the_seed_families_closed_form_counts_agree_with_torch_flop_counter(spec):
+    """The seed's networks keep their closed-form counts; torch's own counter on the built
+    network says the same, as it does for every traced network above."""
+    model = build(spec)
+    assert count(spec, SIZE).params == sum(p.numel() for p in model.parameters())
+    assert 2 * count(spec, SIZE).flops == flop_counter_total(model)
