@@ -7,7 +7,7 @@ deterministic). Used to check that a refactor left the demo study unchanged:
 import sys
 from mlflow.tracking import MlflowClient
 
-TIMING = ("epoch_seconds", "images_per_second", "latency_", "speedup_")
+TIMING = ("epoch_seconds", "images_per_second", "latency_", "speedup_", "onnx_speedup_")
 
 
 def runs(uri):

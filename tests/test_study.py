@@ -131,7 +131,8 @@ def test_every_preset_makes_a_graph_whose_jobs_need_only_earlier_jobs(name):
         assert all(names.index(n) < names.index(node.name) for n in node.needs)
     stages = [node.job.stage for node in graph]
     assert stages.count("prune") == len(seeds) * len(study.criteria)
-    assert stages.count("scratch") == len(seeds) * len(study.criteria) * len(study.scratch_prunes)
+    assert stages.count("scratch") == (len(seeds) * len(study.criteria)
+                                       * len(study.scratch_prunes) * len(study.scratch_budgets))
     assert stages.count("train") == len(seeds) * (1 + len(study.baselines))
     assert graph["scratch-" + study.criteria[0] + f"-p{study.scratch_prunes[0]}{s}"].needs == (
         "prune-" + study.criteria[0] + s,)
