@@ -596,6 +596,10 @@ class ChannelGroup:
         self._root = modules[info.name]
         self._producers = [(modules[m.module], torch.tensor(m.index), torch.tensor(m.root))
                            for m in info.masked]
+        # A producer whose channels are exactly the group's, in order, needs no gather.
+        self._identity = [len(m.index) == info.width == _channels(modules[m.module])
+                          and list(m.index) == list(m.root) == list(range(info.width))
+                          for m in info.masked]
         self._pending: torch.Tensor | None = None
         self._outstanding = 0    # outputs observed in this forward whose gradient is to come
         self._placed: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -660,15 +664,25 @@ class ChannelGroup:
             per_channel = product.reshape(product.shape[0], -1, product.shape[-1]).sum(1)
         else:                                             # channels first: (N, C, ...)
             per_channel = product.flatten(2).sum(2) if product.dim() > 2 else product
-        index, root = self._indices(k, per_channel.device)
-        share = per_channel.index_select(1, index)
-        if self._pending is None:
-            self._pending = share.new_zeros(share.shape[0], self.mid)
-        self._pending.index_add_(1, root, share)
+        if self._identity[k]:   # the producer's channels are the group's, in order
+            self._pending = per_channel if self._pending is None else \
+                self._pending.add_(per_channel)
+        else:
+            index, root = self._indices(k, per_channel.device)
+            share = per_channel.index_select(1, index)
+            if self._pending is None:
+                self._pending = share.new_zeros(share.shape[0], self.mid)
+            self._pending.index_add_(1, root, share)
         self._outstanding -= 1
         if self._outstanding <= 0:
             total, self._pending, self._outstanding = self._pending, None, 0
             callback(total)
+
+
+def _channels(module: nn.Module) -> int:
+    if isinstance(module, nn.BatchNorm2d):
+        return module.num_features
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
 def install_masks(model: nn.Module, spec: GraphSpec) -> list[ChannelGroup]:
