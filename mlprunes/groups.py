@@ -199,7 +199,7 @@ def _first_line(err: BaseException) -> str:
 
 # -- templates: the network a builder makes, traced once per process ------------------------------
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=4)   # whole networks (a VGG is half a GB): only the latest few
 def _template(builder: str, args_json: str, num_classes: int) -> tuple[nn.Module, tuple]:
     """The builder's full network (kept for its structure only: copy it before changing it),
     and the names of its Conv2d/BatchNorm2d/Linear layers in the order they were constructed."""
