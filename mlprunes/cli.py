@@ -131,9 +131,11 @@ class ArchChoice:
         try:
             spec = make_spec(self.family, depth=self.depth, width=self.width,
                              growth=self.growth, bottle=self.bottle,
-                             num_classes=self.num_classes or default_classes,
+                             num_classes=(default_classes if self.num_classes is None
+                                          else self.num_classes),
                              args=self.args, groups=self.groups,
-                             input_size=self.input_size or default_size)
+                             input_size=(default_size if self.input_size is None
+                                         else self.input_size))
             return spec.rounded(self.round_to) if self.round_to != 1 else spec
         except ArchError as err:
             raise click.ClickException(str(err)) from None
@@ -355,11 +357,14 @@ def main(allowed: tuple[str, ...] = ()) -> None:
 @examples('mlprunes describe --arch wrn --depth 40 --width 2',
           'mlprunes describe --arch densenet --bottle 0.5 --json')
 @ARCH.apply
-@click.option("--image-size", type=int, default=32, show_default=True,
-              help="Input height and width for the FLOP count.")
+@click.option("--image-size", type=int, default=None,
+              help="Input height and width for the FLOP count [default: --input-size, else "
+                   "32].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def describe(arch: ArchChoice, image_size, as_json):
     """Print a network's parameters, FLOPs and prunable channels without building it."""
+    if image_size is None:
+        image_size = arch.input_size if arch.input_size is not None else 32
     spec = arch.spec(default_size=image_size)
     if image_size < 1:
         raise click.BadParameter("must be positive", param_hint="--image-size")

@@ -177,7 +177,14 @@ def _merge(members: list[Member]) -> list[Member]:
 
 
 def _refuse_unsupported(model: nn.Module, label: str) -> None:
+    """What is refused before tracing (a transformer can take minutes to trace, to no end)."""
     for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)) and not isinstance(
+                module, _PARAMETRISED):
+            raise ArchError("arch", f"{label}: {name or 'the network'} ({type(module).__name__}) "
+                                    f"holds parameters of its own; only networks whose "
+                                    f"parameters are in Conv2d, Linear and BatchNorm2d layers "
+                                    f"can be pruned here")
         if isinstance(module, nn.Conv2d) and module.groups > 1 and not _depthwise(module):
             raise ArchError("arch", f"{label}: {name} is a grouped convolution (groups="
                                     f"{module.groups}) that is not depthwise: its channels "
@@ -293,10 +300,12 @@ def _check_output(model: nn.Module, input_size, num_classes: int, label: str) ->
                                           f"{_first_line(err)})") from None
         if not isinstance(out, torch.Tensor) or out.shape != (2, num_classes):
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            hint = (" (a network with auxiliary outputs needs them off, e.g. --arch-args "
+                    "'{\"aux_logits\": false}')" if isinstance(out, tuple) else
+                    " (does its factory take num_classes?)"
+                    if isinstance(out, torch.Tensor) and out.dim() == 2 else "")
             raise ArchError("arch", f"{label} gives {shape} in {mode} mode for two inputs, not "
-                                    f"[2, {num_classes}] class scores (a network with auxiliary "
-                                    f"outputs needs them off, e.g. --arch-args "
-                                    f"'{{\"aux_logits\": false}}')")
+                                    f"[2, {num_classes}] class scores{hint}")
 
 
 def describe(builder: str, *, args: dict[str, Any], depth: int | None = None,

@@ -132,8 +132,8 @@ def call(builder: str, args: dict[str, Any], num_classes: int) -> nn.Module:
         raise ArchError("arch", f"{builder}({_show(kwargs)}) failed: {type(err).__name__}: "
                                 f"{_first_line(err)}") from None
     if not isinstance(model, nn.Module):
-        raise ArchError("arch", f"{builder} returned a {type(model).__name__}, not an "
-                                f"nn.Module")
+        raise ArchError("arch", f"{builder} returned {type(model).__name__} {model!r:.40}, not "
+                                f"an nn.Module")
     return model
 
 

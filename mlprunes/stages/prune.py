@@ -53,7 +53,12 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                              f"trained on")
         seed_everything(job.run.seed)
         model = build(spec, masked=True)
-        missing = model.load_state_dict(base["model"], strict=False).missing_keys
+        try:
+            missing = model.load_state_dict(base["model"], strict=False).missing_keys
+        except RuntimeError as err:   # shapes that differ: a factory that builds otherwise now
+            raise StageError(f"base run {job.base_run_id}'s checkpoint does not fit the network "
+                             f"its description builds here ({str(err).splitlines()[-1].strip()}"
+                             f"); is its factory deterministic?") from None
         if any(not is_mask_key(k) for k in missing):
             raise StageError(f"base run {job.base_run_id}'s checkpoint does not fit its own "
                              f"architecture")
@@ -128,7 +133,8 @@ def run(job: PruneJob, parent_run_id: str | None = None,
 def check_prune_count(spec, prunes: int, keep_one: bool, round_to: int) -> None:
     """Refuse more prunes than the network has channels to lose, before anything runs."""
     keeps = keep_one or not spec.can_empty_groups   # a traced network's groups keep one
-    limit = (spec.prunable_channels - (spec.num_blocks * round_to if keeps else 0)) // round_to
+    limit = max(0, (spec.prunable_channels - (spec.num_blocks * round_to if keeps else 0))
+                // round_to)
     if prunes > limit:
         what = f"prunes of {round_to} channels" if round_to > 1 else "channels"
         why = (" with --keep-one" if keep_one else

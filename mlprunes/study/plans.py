@@ -132,7 +132,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     run_name=f"scratch{tag}-{_label(plan, c)}-{point}{sliced}{suffix}")))
     reduced = []
     for overrides in plan.baselines:
-        spec = make_spec(**{**plan.arch, **overrides}, num_classes=base_spec.num_classes,
+        spec = make_spec(**baseline_network(plan.arch, overrides),
+                         num_classes=base_spec.num_classes,
                          input_size=plan.data.image_size).rounded(plan.round_to)
         label = baseline_label(overrides)
         reduced.append(train(f"reduced-{label}", spec))
@@ -151,6 +152,15 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                               else None),
             run_name=f"family-{_label(plan, first)}-p{plan.prunes}{sliced}{suffix}"))
     return {"base": base, "pruned": prunes[first], "reduced": reduced}
+
+
+def baseline_network(network: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A reduced baseline's network: the base's with the overrides; one of another builder
+    (`{arch = "torchvision:resnet34"}`) takes none of the base's own options."""
+    family = overrides.get("family", network.get("family", "wrn"))
+    if family != network.get("family", "wrn"):
+        return dict(overrides)
+    return {**network, **overrides}
 
 
 def baseline_label(overrides: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS
 from mlprunes.engine.recipes import default_preset, preset as recipe_preset
 from mlprunes.errors import StageError
 from mlprunes.jobs import BUDGETS, CRITERIA, DataConfig
-from mlprunes.study.plans import StudyPlan
+from mlprunes.study.plans import StudyPlan, baseline_network
 
 PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100", "resnet-56", "vgg-16")
 
@@ -322,13 +322,15 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
                              f"and the sweeps together)")
         seen.append(overrides)
         try:
-            make_spec(**{**network, **overrides}, num_classes=10, input_size=data.image_size)
+            make_spec(**baseline_network(network, overrides), num_classes=10,
+                      input_size=data.image_size)
         except (ArchError, TypeError, ValueError, OverflowError) as err:
             raise StageError(f"{source}: baseline {overrides} is not a valid network: {err}"
                              ) from None
     keep_one = schedule.get("keep_one", False)
     keeps = keep_one or not base.can_empty_groups   # a traced network's groups keep one
-    limit = (base.prunable_channels - (base.num_blocks * round_to if keeps else 0)) // round_to
+    limit = max(0, (base.prunable_channels - (base.num_blocks * round_to if keeps else 0))
+                // round_to)
     if prunes > limit:
         what = f"prunes of {round_to} channels" if round_to > 1 else "channels"
         raise StageError(f"{source}: prune.prunes = {prunes} is more than the {limit} {what} "
