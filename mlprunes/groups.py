@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlprunes.arch import ArchError, GraphSpec, GROUP_RULES, canonical_json
+from mlprunes.nets.builders import first_line as _first_line
 
 PerSampleObserver = Callable[[torch.Tensor], None]   # (N, width) per-sample sums of a * g
 
@@ -199,11 +200,6 @@ def _depthwise(module: nn.Module) -> bool:
             and module.groups == module.in_channels == module.out_channels)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 # -- templates: the network a builder makes, traced once per process ------------------------------
 
 @functools.lru_cache(maxsize=4)   # whole networks (a VGG is half a GB): only the latest few
@@ -257,12 +253,8 @@ def _check_masks_remove(model: nn.Module, infos: Sequence[GroupInfo], input_size
                 mask[torch.randperm(group.mid, generator=generator)[:group.mid // 2]] = 0
             group.set_mask(mask)
             keeps.append(mask.nonzero().flatten().tolist())
-        compact = copy.deepcopy(masked)
-        for module in compact.modules():
-            _unmask_module(module)
-        compact.__dict__.pop("channel_groups", None)
         try:
-            compact = _slice(compact, probe, keeps)
+            compact = _slice(_unmasked_copy(masked), probe, keeps)
         except Exception:
             return True
         batch = torch.randn(2, *input_size, generator=generator)
@@ -581,9 +573,7 @@ def _mask_module(module: nn.Module, name: str) -> None:
         f"Masked{cls.__name__}", (_MASKED[base], cls), {})
     module.__class__ = masked_cls
     module._unmasked_class = cls
-    channels = module.num_features if base is nn.BatchNorm2d else (
-        module.out_channels if base is nn.Conv2d else module.out_features)
-    module._mask_setup(channels)
+    module._mask_setup(_channels(module))
 
 
 def _unmask_module(module: nn.Module) -> None:
@@ -753,18 +743,23 @@ def compress_graph(model: nn.Module, check: bool = True) -> nn.Module:
         raise ArchError("widths", f"group {empty} has no channel left; a group of {spec.name} "
                                   f"keeps at least one")
     param = next(model.parameters())
-    compact = copy.deepcopy(model).cpu().float()
-    for module in compact.modules():
-        _unmask_module(module)
-    compact.__dict__.pop("channel_groups", None)
-    _drop_forward_reset(compact)
-    compact = _slice(compact, spec, keeps)
+    compact = _slice(_unmasked_copy(model).cpu().float(), spec, keeps)
     compact.spec = spec.with_mids(len(k) for k in keeps)
     compact.to(device=param.device, dtype=param.dtype)
     compact.train(model.training)
     if check:
         check_same(model, compact, spec)
     return compact
+
+
+def _unmasked_copy(model: nn.Module) -> nn.Module:
+    """A copy of a masked network with its layers plain again (masks, groups, hooks gone)."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        _unmask_module(module)
+    plain.__dict__.pop("channel_groups", None)
+    _drop_forward_reset(plain)
+    return plain
 
 
 def check_same(masked: nn.Module, compact: nn.Module, spec: GraphSpec,

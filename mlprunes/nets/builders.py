@@ -87,7 +87,7 @@ def resolve(builder: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(module_name)
     except Exception as err:  # an import can fail in any way its code can
         raise ArchError("arch", f"builder {builder!r} does not import ({type(err).__name__}: "
-                                f"{_first_line(err)}); its code must be importable wherever "
+                                f"{first_line(err)}); its code must be importable wherever "
                                 f"the study's jobs run") from None
     factory = getattr(module, attr, None)
     if not (inspect.isfunction(factory) or inspect.isclass(factory)):
@@ -130,7 +130,7 @@ def call(builder: str, args: dict[str, Any], num_classes: int) -> nn.Module:
         model = factory(**kwargs)
     except Exception as err:  # a user's factory can fail in any way
         raise ArchError("arch", f"{builder}({_show(kwargs)}) failed: {type(err).__name__}: "
-                                f"{_first_line(err)}") from None
+                                f"{first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ArchError("arch", f"{builder} returned {type(model).__name__} {model!r:.40}, not "
                                 f"an nn.Module")
@@ -141,6 +141,7 @@ def _show(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An error's first line, or its type when it says nothing."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
