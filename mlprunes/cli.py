@@ -20,14 +20,15 @@ from mlprunes.arch import (FAMILIES, GROUP_RULES, ArchError, ArchSpec, GraphSpec
                            valid_builder)
 from mlprunes.counting import count
 from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS, default_preset
+from mlprunes.engine.recipes import FINETUNE_PRESET_NAMES
 from mlprunes.data import DATASETS
 from mlprunes.engine.checkpoint import CheckpointError
 from mlprunes.engine.trainer import PRECISIONS, TrainingDiverged
 from mlprunes import signals
 from mlprunes.errors import Interrupted, StageError
-from mlprunes.jobs import (BUDGETS, CRITERIA, DEFAULT_EXPERIMENT, CompareJob, DataChoice,
-                           DataConfig, EvaluateJob, FamilyJob, PruneJob, RecipeChoice,
-                           RunConfig, ScratchJob, TrainJob)
+from mlprunes.jobs import (BUDGETS, CRITERIA, DEFAULT_EXPERIMENT, FINETUNE_BUDGETS, CompareJob,
+                           DataChoice, DataConfig, EvaluateJob, FamilyJob, FinetuneJob,
+                           PruneJob, RecipeChoice, RunConfig, ScratchJob, TrainJob)
 from mlprunes.cli_help import Group, examples
 from mlprunes.pruning import PruningError
 
@@ -205,10 +206,24 @@ DATA = OptionGroup("data", [
                  help="Seed of generated data and of the validation split [default: 0]."),
 ], lambda o: DataChoice(**o), "Data")
 
-def recipe_group(pruning: bool) -> OptionGroup:
-    """The recipe options, their defaults said as what they mean for training or for the
-    fine-tuning between prunes."""
-    if pruning:
+def recipe_group(pruning: bool, finetune: bool = False) -> OptionGroup:
+    """The recipe options, their defaults said as what they mean for training, for the
+    fine-tuning between prunes, or for fine-tuning after pruning."""
+    presets = list(FINETUNE_PRESET_NAMES if finetune else RECIPE_PRESETS)
+    if finetune:
+        what = "Fine-tuning recipe (after pruning)"
+        texts = {
+            "preset": "liu: Liu et al.'s CIFAR fine-tuning (40 epochs, constant lr 1e-3, "
+                      "batch 64, weight decay 1e-4); base: the base run's recipe at a tenth "
+                      "of its lr [default: liu].",
+            "epochs": "Fine-tuning epochs [default: the preset's; with --budget scratch-e or "
+                      "scratch-b, those of that run].",
+            "batch-size": "[default: the preset's].",
+            "lr": "Learning rate [default: the preset's].",
+            "schedule": "lr schedule [default: the preset's].",
+            "pad": "Random-crop padding [default: the preset's].",
+        }
+    elif pruning:
         what = "Fine-tuning recipe (between prunes)"
         texts = {
             "preset": "Recipe preset [default: the base run's; its pruning variant].",
@@ -232,7 +247,7 @@ def recipe_group(pruning: bool) -> OptionGroup:
             "pad": "Random-crop padding [default: reflect, as the paper's training script].",
         }
     return OptionGroup("recipe", [
-        click.option("--preset", type=click.Choice(list(RECIPE_PRESETS)), default=None,
+        click.option("--preset", type=click.Choice(presets), default=None,
                      help=texts["preset"]),
         click.option("--epochs", type=int, default=None, help=texts["epochs"]),
         click.option("--batch-size", type=int, default=None, help=texts["batch-size"]),
@@ -255,6 +270,7 @@ def recipe_group(pruning: bool) -> OptionGroup:
 
 RECIPE = recipe_group(pruning=False)
 PRUNE_RECIPE = recipe_group(pruning=True)
+FINETUNE_RECIPE = recipe_group(pruning=False, finetune=True)
 
 
 def _run_config(o: dict[str, Any]) -> RunConfig:
@@ -495,6 +511,41 @@ def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, init,
     job = ScratchJob(prune_run_id=prune_run_id, prunes=prunes, params_budget=params_budget,
                      budget=budget, max_epoch_factor=max_epoch_factor, init=init, run=run,
                      run_name=run_name, log_model=log_model)
+    return stage.run(job, resume_run_id=resume_run_id)
+
+
+@main.command(short_help="Fine-tune a pruned network on from its weights.")
+@examples('mlprunes finetune --prune-run-id $PRUNE --prunes 900',
+          'mlprunes finetune --prune-run-id $PRUNE --prunes 900 --budget scratch-e   # equal epochs',
+          'mlprunes finetune --prune-run-id $PRUNE --params-budget 500000 --preset base')
+@click.option("--prune-run-id", required=True, help="The prune run whose network to fine-tune.")
+@click.option("--prunes", type=int, default=None,
+              help="The network at the checkpoint after N prunes (one the prune run saved).")
+@click.option("--params-budget", type=int, default=None,
+              help="Or: the first saved checkpoint with at most P parameters.")
+@click.option("--budget", type=click.Choice(FINETUNE_BUDGETS), default="recipe",
+              show_default=True,
+              help="The epochs: the recipe's; or those of the Scratch-E (the base run's) or "
+                   "Scratch-B run of this architecture, for a comparison at equal epochs.")
+@max_epoch_factor_option
+@DATA.apply
+@FINETUNE_RECIPE.apply
+@RUN.apply
+@run_name_option
+@log_model_option
+@resume_option("finetune")
+@stage_command
+def finetune(prune_run_id, prunes, params_budget, budget, max_epoch_factor, data: DataChoice,
+             recipe: RecipeChoice, run: RunConfig, run_name, log_model, resume_run_id):
+    """Fine-tune a prune run's network, compressed, from its weights (the field's step after
+    pruning)."""
+    from mlprunes.stages import finetune as stage
+
+    if (prunes is None) == (params_budget is None):
+        raise click.UsageError("give exactly one of --prunes and --params-budget")
+    job = FinetuneJob(prune_run_id=prune_run_id, prunes=prunes, params_budget=params_budget,
+                      budget=budget, max_epoch_factor=max_epoch_factor, recipe=recipe,
+                      data=data, run=run, run_name=run_name, log_model=log_model)
     return stage.run(job, resume_run_id=resume_run_id)
 
 

@@ -16,7 +16,8 @@ TRUE = {"true", "yes", "1", "on"}
 FALSE = {"false", "no", "0", "off"}
 OWN = "Options"
 # The heading of a command's own options, where they have one theme.
-HEADINGS = {"prune": "Pruning", "scratch": "From scratch", "family": "Family",
+HEADINGS = {"prune": "Pruning", "scratch": "From scratch", "finetune": "Fine-tuning",
+            "family": "Family",
             "evaluate": "Evaluation", "export": "Export", "compare": "Comparison",
             "pipeline": "Study", "plan": "Study and cost", "train": "Training run"}
 

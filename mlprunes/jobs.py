@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, ClassVar
 
 from mlprunes.arch import ArchSpec
-from mlprunes.engine.recipes import Recipe, preset
+from mlprunes.engine.recipes import FINETUNE_PRESET_NAMES, Recipe, finetune_preset, preset
 from mlprunes.errors import StageError
 from mlprunes.pruning.loop import PruneSchedule
 from mlprunes.pruning.saliency import CRITERIA as SALIENCY_CRITERIA
@@ -27,6 +27,11 @@ from mlprunes.pruning.saliency import CRITERIA as SALIENCY_CRITERIA
 KEY_VERSION = 4
 
 BUDGETS = ("scratch-e", "scratch-b")
+# A fine-tune run's epochs: its recipe's, or those of the Scratch-E / Scratch-B run of the same
+# architecture, so that question 2 compares networks trained for equal epochs.
+FINETUNE_BUDGETS = ("recipe", *BUDGETS)
+# How fine-tune runs are named by budget: finetune-e-fisher-p170 has Scratch-E's epochs.
+FINETUNE_TAGS = {"recipe": "", "scratch-e": "-e", "scratch-b": "-b"}
 DEFAULT_EXPERIMENT = "mlprunes"
 CRITERIA = tuple(SALIENCY_CRITERIA)       # the pruning criteria a job may name
 
@@ -118,6 +123,15 @@ class RecipeChoice:
         overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset"}
         try:
             return preset(self.preset or default_preset, pruning=pruning).override(**overrides)
+        except ValueError as err:
+            raise StageError(str(err)) from None
+
+    def resolve_finetune(self, base: Recipe) -> Recipe:
+        """The fine-tuning recipe: a fine-tuning preset (`liu` unless told; `base`: the base
+        run's recipe `base` at a tenth of its learning rate) with these overrides."""
+        overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset"}
+        try:
+            return finetune_preset(self.preset or "liu", base).override(**overrides)
         except ValueError as err:
             raise StageError(str(err)) from None
 
@@ -307,6 +321,45 @@ class ScratchJob(Job):
         _check_budget(self.budget, self.max_epoch_factor)
         _check_init(self.init)
         _at_least(self, ("prunes", "params_budget"), 0)
+
+
+@dataclass(frozen=True)
+class FinetuneJob(Job):
+    """A prune run's network at one checkpoint, compressed, fine-tuned on from its weights:
+    the field's third step (train, prune, fine-tune)."""
+    stage: ClassVar[str] = "finetune"
+    prune_run_id: RunRef = _input()
+    prunes: int | None = None                 # the checkpoint after this many prunes,
+    params_budget: int | None = None          # or the first saved one this small
+    budget: str = "recipe"                    # recipe | scratch-e | scratch-b: the epochs
+    max_epoch_factor: float | None = None     # scratch-b: cap on epochs / base epochs
+    recipe: RecipeChoice = RecipeChoice()     # over a fine-tuning preset [liu]
+    data: DataChoice = DataChoice()           # over the prune run's data
+    run: RunConfig = RunConfig()
+    run_name: str | None = setting()
+    checkpoint_every: int = setting(1)        # epochs between resumable checkpoints
+    log_model: bool = setting(True)
+
+    def __post_init__(self) -> None:
+        if (self.prunes is None) == (self.params_budget is None):
+            raise StageError("give exactly one of --prunes and --params-budget")
+        _at_least(self, ("prunes", "params_budget"), 0)
+        _at_least(self, ("checkpoint_every",), 1)
+        if self.budget not in FINETUNE_BUDGETS:
+            raise StageError(f"--budget must be one of {', '.join(FINETUNE_BUDGETS)}, got "
+                             f"{self.budget!r}")
+        if self.budget != "recipe" and self.recipe.epochs is not None:
+            raise StageError(f"--budget {self.budget} sets the epochs (those of the "
+                             f"{self.budget.capitalize()} run of this architecture); drop "
+                             f"--epochs, or use --budget recipe")
+        if self.max_epoch_factor is not None:
+            _check_budget(self.budget, self.max_epoch_factor)
+        if self.recipe.preset is not None and self.recipe.preset not in FINETUNE_PRESET_NAMES:
+            raise StageError(f"--preset must be one of {', '.join(FINETUNE_PRESET_NAMES)} "
+                             f"(fine-tuning presets), got {self.recipe.preset!r}")
+        if self.recipe.epochs is not None and self.recipe.epochs < 1:
+            raise StageError(f"--epochs must be at least 1 to fine-tune, got "
+                             f"{self.recipe.epochs}")
 
 
 @dataclass(frozen=True)

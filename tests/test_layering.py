@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlprunes"
-STAGE_MODULES = {"train", "prune", "scratch", "family", "evaluate", "compare", "pipeline",
-                 "export"}
+STAGE_MODULES = {"train", "prune", "scratch", "finetune", "family", "evaluate", "compare",
+                 "pipeline", "export"}
 
 
 def imported_modules(path: Path) -> set[str]:

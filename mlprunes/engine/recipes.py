@@ -116,6 +116,33 @@ PRUNE_PRESETS: dict[str, Recipe] = {
 }
 
 
+# Fine-tuning a pruned network after pruning (the `finetune` stage).
+FINETUNE_PRESETS: dict[str, Recipe] = {
+    # Liu et al. (ICLR 2019) fine-tune their pruned CIFAR networks for 40 epochs with SGD at a
+    # constant lr 1e-3, momentum 0.9, weight decay 1e-4, batch 64, crops padded with zeros
+    # (the defaults of cifar/l1-norm-pruning/main_finetune.py in their code, the baseline their
+    # Scratch-E and Scratch-B runs are compared against).
+    "liu": Recipe(epochs=40, batch_size=64, lr=1e-3, momentum=0.9, weight_decay=1e-4,
+                  schedule="constant", pad="zero"),
+}
+# `base`: the base run's own recipe (its epochs, batch, schedule, weight decay, padding) with
+# its learning rate times this: the rate its step schedule reaches at its first milestone.
+# Restarting trained weights at the initial rate would throw away what they learned.
+BASE_FINETUNE_LR_SCALE = 0.1
+FINETUNE_PRESET_NAMES = (*FINETUNE_PRESETS, "base")
+
+
+def finetune_preset(name: str, base: Recipe) -> Recipe:
+    """A fine-tuning recipe: a named preset, or `base`, the base run's recipe `base` at
+    BASE_FINETUNE_LR_SCALE times its learning rate."""
+    if name == "base":
+        return replace(base, lr=base.lr * BASE_FINETUNE_LR_SCALE)
+    if name not in FINETUNE_PRESETS:
+        raise ValueError(f"unknown fine-tuning preset {name!r}; choose one of "
+                         f"{', '.join(FINETUNE_PRESET_NAMES)}")
+    return FINETUNE_PRESETS[name]
+
+
 def default_preset(family: str) -> str:
     """The recipe a network trains with unless told: its family's own for the seed's two,
     Liu et al.'s CIFAR recipe for every other network."""

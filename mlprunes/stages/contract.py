@@ -33,9 +33,10 @@ from mlprunes.stages import kept, tracking
 # -- stages ------------------------------------------------------------------------------------
 TRAIN, PRUNE, SCRATCH, FAMILY = "train", "prune", "scratch", "family"
 FAMILY_MEMBER, EVALUATE, COMPARE, PIPELINE = "family-member", "evaluate", "compare", "pipeline"
+FINETUNE = "finetune"
 TRAINED = (TRAIN, SCRATCH, FAMILY_MEMBER)          # runs holding a network trained from scratch
-RESUMABLE = (TRAIN, SCRATCH, PRUNE)                 # stages that take --resume-run-id
-EVALUABLE = (*TRAINED, PRUNE)
+RESUMABLE = (TRAIN, SCRATCH, PRUNE, FINETUNE)       # stages that take --resume-run-id
+EVALUABLE = (*TRAINED, PRUNE, FINETUNE)
 STUDY_STAGES = (*EVALUABLE, EVALUATE)               # the runs a comparison is made of
 
 # -- tags --------------------------------------------------------------------------------------
@@ -434,15 +435,19 @@ class PrunedSource:
                 f"has {self.prunes_done} prunes")
         return spec_after(self.spec, self.history[:prunes * self.round_to])
 
-    def prunes_for_budget(self, params_budget: int) -> int:
-        """The fewest prunes at which the network has at most `params_budget` parameters."""
-        for n in range(self.prunes_done + 1):
+    def prunes_for_budget(self, params_budget: int, among: list[int] | None = None) -> int:
+        """The fewest prunes at which the network has at most `params_budget` parameters
+        (of the prune counts `among`, e.g. those with a saved checkpoint; any by default)."""
+        counts = range(self.prunes_done + 1) if among is None else sorted(among)
+        for n in counts:
             if count_params(self.spec_at(n)) <= params_budget:
                 return n
-        smallest = count_params(self.spec_at(self.prunes_done))
+        last = self.prunes_done if among is None else max(among, default=0)
+        smallest = count_params(self.spec_at(last))
+        where = "prune run" if among is None else "the checkpoints saved by prune run"
         raise StageError(
-            f"--params-budget {params_budget:,} is below the smallest network prune run "
-            f"{self.run_id} reached ({smallest:,} params after {self.prunes_done} prunes)")
+            f"--params-budget {params_budget:,} is below the smallest network {where} "
+            f"{self.run_id} reached ({smallest:,} params after {last} prunes)")
 
     def lineage_tags(self) -> dict[str, str]:
         return {TAG_PRUNE_RUN: self.run_id, TAG_BASE_RUN: self.base_run.info.run_id,

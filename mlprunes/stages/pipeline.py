@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from mlprunes.errors import StageError
 from mlprunes.jobs import KEY_VERSION, Job, RunConfig
-from mlprunes.stages import compare, contract, evaluate, family, prune, scratch, tracking, train
+from mlprunes.stages import (compare, contract, evaluate, family, finetune, prune, scratch,
+                             tracking, train)
 from mlprunes.stages.common import dataset_classes, load_splits, say
 from mlprunes.study.executor import (NEW, REUSED, RESUMED, EmptyStore, Executor, Failure,
                                      PlannedStep, SequentialExecutor, Step, StudyFailed, plan)
@@ -29,7 +30,8 @@ from mlprunes.study.studyfile import study_params, study_toml
 
 STAGES: dict[str, Callable[..., str]] = {
     contract.TRAIN: train.run, contract.PRUNE: prune.run, contract.SCRATCH: scratch.run,
-    contract.FAMILY: family.run, contract.EVALUATE: evaluate.run, contract.COMPARE: compare.run,
+    contract.FINETUNE: finetune.run, contract.FAMILY: family.run, contract.EVALUATE: evaluate.run,
+    contract.COMPARE: compare.run,
 }
 
 

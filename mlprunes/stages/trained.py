@@ -50,6 +50,10 @@ class Training:
     log_model: bool = True
     init: str = "fresh"        # fresh: build(spec); sliced: a full-network init, cut to spec
     model_name: str = ""       # the logged model's name [the network's]
+    # finetune: the network to train on, its weights kept (None: a new init, as `init` says),
+    # and the training it had before, which this run's train_macs continue.
+    start: torch.nn.Module | None = None
+    macs_before: float = 0.0
 
 
 @dataclass
@@ -72,7 +76,8 @@ def prepare(training: Training) -> Prepared:
             f"{splits.num_classes}; drop --num-classes or set it to {splits.num_classes}")
     seed_everything(training.run.seed)
     try:
-        model = build(spec) if training.init == "fresh" else build_sliced(spec)
+        model = (training.start if training.start is not None
+                 else build(spec) if training.init == "fresh" else build_sliced(spec))
     except ValueError as err:
         raise StageError(str(err)) from None
     loaders = make_loaders(splits, training.recipe.batch_size, training.run,
@@ -124,6 +129,8 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
             mlflow.log_text(spec_json(t.spec), contract.ARCH)
             if tracking.last_logged_step(run_id, "params") < 0:
                 mlflow.log_metrics(size_metrics(t.spec, image_size), step=0)
+            if t.start is not None and tracking.last_logged_step(run_id, "test_error") < 0:
+                log_start(trainer, loaders)
         say(f"[{t.label}] {name}: {t.spec.name}, "
             f"{size_metrics(t.spec, image_size)['params']:,.0f} params, {t.recipe.epochs} "
             f"epochs on {t.data.dataset} ({len(prepared.splits.train)} images), run {run_id}")
@@ -144,11 +151,25 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
                     kept.uploaded(path)
 
         fit(trainer, loaders.eval, callbacks=[log_epoch])
-        spent = training_macs(count(t.spec, image_size).flops,
-                              trainer.position.step * t.recipe.batch_size)
+        spent = t.macs_before + training_macs(count(t.spec, image_size).flops,
+                                              trainer.position.step * t.recipe.batch_size)
         return log_final(trainer.model, trainer.amp_dtype, loaders, image_size, tmp,
                          t.log_model, step=trainer.position.epoch, train_macs=spent,
                          model_name=t.model_name or network_model_name(t.spec))
+
+
+def log_start(trainer: Trainer, loaders: Loaders) -> None:
+    """Where a network trained on from its weights starts (step 0): its validation and test
+    error before any step, so that its curves begin where its source left it."""
+    start = evaluate(trainer.model, loaders.test, trainer.amp_dtype)
+    metrics = {"test_error": start["error"], "test_loss": start["loss"]}
+    if loaders.eval is not loaders.test:
+        held = evaluate(trainer.model, loaders.eval, trainer.amp_dtype)
+        metrics.update(val_error=held["error"], val_loss=held["loss"])
+    else:
+        metrics.update(val_error=start["error"], val_loss=start["loss"])
+    mlflow.log_metrics(metrics, step=0)
+    say(f"starting from {start['error']:.2f}% test error")
 
 
 def log_final(model: torch.nn.Module, amp_dtype, loaders: Loaders, image_size, tmp: Path,

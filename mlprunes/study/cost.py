@@ -20,7 +20,8 @@ from typing import Sequence
 
 from mlprunes.arch import ArchSpec
 from mlprunes.counting import count, count_params
-from mlprunes.jobs import (CompareJob, DataConfig, EvaluateJob, FamilyJob, Job, PruneJob, Ref,
+from mlprunes.jobs import (CompareJob, DataConfig, EvaluateJob, FamilyJob, FinetuneJob, Job,
+                           PruneJob, Ref,
                            ScratchJob, TrainJob)
 from mlprunes.study.graph import Graph
 
@@ -142,7 +143,7 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
         batch = job.recipe.resolve(base.preset, pruning=True).batch_size
         # The masked network costs the full network's MACs throughout.
         return STEP_COST * macs * job.prunes * job.prune_every * batch, estimated
-    if isinstance(job, ScratchJob):
+    if isinstance(job, (ScratchJob, FinetuneJob)):
         spec, macs, _, prune = _source(job.prune_run_id, graph, specs)
         base = graph[prune.base_run_id.node].job
         if job.prunes is not None:
@@ -151,6 +152,9 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
             left = macs * job.params_budget / count_params(spec)
         specs[name] = (spec, left, True)
         images = base.recipe.epochs * _images(base.data)
+        if isinstance(job, FinetuneJob) and job.budget == "recipe":
+            epochs = job.recipe.resolve_finetune(base.recipe).epochs
+            return STEP_COST * left * epochs * _images(base.data), True
         if job.budget == "scratch-b":  # the base's training compute, unless capped
             return STEP_COST * _scratch_b(macs, left, job.max_epoch_factor) * images, True
         return STEP_COST * left * images, True

@@ -17,9 +17,9 @@ from mlprunes.arch import ArchSpec, make_spec
 from mlprunes.counting import count_params
 from mlprunes.engine.recipes import Recipe
 from mlprunes.engine.recipes import default_preset, preset as recipe_preset
-from mlprunes.jobs import (CompareJob, DataChoice, DataConfig, EvaluateJob, FamilyJob,
-                           PruneJob, RecipeChoice, RunConfig, ScratchJob, TrainJob,
-                           criterion_label)
+from mlprunes.jobs import (FINETUNE_TAGS, CompareJob, DataChoice, DataConfig, EvaluateJob,
+                           FamilyJob, FinetuneJob, PruneJob, RecipeChoice, RunConfig, ScratchJob,
+                           TrainJob, criterion_label)
 from mlprunes.study.graph import Graph
 
 
@@ -44,6 +44,11 @@ class StudyPlan:
     scratch_budgets: tuple[str, ...] = ("scratch-e",)
     max_epoch_factor: float | None = None      # Scratch-B's cap (scratch runs and family)
     init: str = "fresh"                        # scratch runs and family: fresh | sliced
+    finetune_prunes: tuple[int, ...] = ()      # prune counts whose networks are fine-tuned on
+    finetune_params_budgets: tuple[int, ...] = ()  # or the first saved checkpoints this small
+    finetune_budgets: tuple[str, ...] = ("scratch-e",)   # recipe | scratch-e | scratch-b
+    finetune_criteria: tuple[str, ...] | None = None     # None: every criterion
+    finetune_recipe: dict[str, Any] = field(default_factory=dict)  # preset [liu], overrides
     baselines: tuple[dict[str, Any], ...] = ()     # make_spec overrides of the base network
     family_budgets: tuple[float, ...] = ()     # fractions of the base's parameters, or counts
     family_budget: str = "scratch-e"
@@ -130,6 +135,21 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     data=located, run=run,
                     log_model=log_model,
                     run_name=f"scratch{tag}-{_label(plan, c)}-{point}{sliced}{suffix}")))
+    finetune_criteria = (plan.criteria if plan.finetune_criteria is None
+                         else plan.finetune_criteria)
+    for c in finetune_criteria:
+        for budget in plan.finetune_budgets:
+            tag = FINETUNE_TAGS[budget]
+            points = [("p", {"prunes": n}) for n in plan.finetune_prunes]
+            points += [("params", {"params_budget": n}) for n in plan.finetune_params_budgets]
+            for letter, where in points:
+                point = f"{letter}{next(iter(where.values()))}"
+                cap = plan.max_epoch_factor if budget == "scratch-b" else None
+                graph.add(f"finetune{tag}-{c}-{point}{suffix}", FinetuneJob(
+                    prune_run_id=prunes[c], **where, budget=budget, max_epoch_factor=cap,
+                    recipe=RecipeChoice(**plan.finetune_recipe), data=located, run=run,
+                    log_model=log_model,
+                    run_name=f"finetune{tag}-{_label(plan, c)}-{point}{suffix}"))
     reduced = []
     for overrides in plan.baselines:
         spec = make_spec(**baseline_network(plan.arch, overrides),

@@ -25,9 +25,10 @@ from mlprunes.arch import FAMILIES, GROUP_RULES, ArchError, canonical_json, make
 from mlprunes.counting import count_params
 from mlprunes.data import DATASETS
 from mlprunes.engine.recipes import PRESETS as RECIPE_PRESETS
+from mlprunes.engine.recipes import FINETUNE_PRESET_NAMES, finetune_preset
 from mlprunes.engine.recipes import default_preset, preset as recipe_preset
 from mlprunes.errors import StageError
-from mlprunes.jobs import BUDGETS, CRITERIA, DataConfig
+from mlprunes.jobs import BUDGETS, CRITERIA, FINETUNE_BUDGETS, DataConfig
 from mlprunes.study.plans import StudyPlan, baseline_network
 
 PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100", "resnet-56", "vgg-16")
@@ -158,6 +159,12 @@ SCHEMA: dict[str, dict[str, Check]] = {
                 "params_budgets": _list_of(_integer(1), unique=True),
                 "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False),
                 "max_epoch_factor": _number(low=1), "init": _one_of(("fresh", "sliced"))},
+    "finetune": {"prunes": _list_of(_integer(1), unique=True),
+                 "params_budgets": _list_of(_integer(1), unique=True),
+                 "budgets": _list_of(_one_of(FINETUNE_BUDGETS), unique=True, empty=False),
+                 "criteria": _list_of(_one_of(CRITERIA), unique=True, empty=False),
+                 **_RECIPE, "preset": _one_of(FINETUNE_PRESET_NAMES),
+                 "epochs": _integer(1, 100000)},
     "baselines": {"reduced": _overrides, "depths": _list_of(_integer(1), unique=True),
                   "widths": _list_of(_number(above=0), unique=True),
                   "growths": _list_of(_integer(1), unique=True),
@@ -172,7 +179,7 @@ _SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles":
 _RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
 _REAL = {"data": ("val_split",), "network": ("width", "bottle"), "train": _RECIPE_REALS,
          "prune": _RECIPE_REALS, "baselines": ("widths", "bottles"), "family": (),
-         "scratch": ("max_epoch_factor",)}
+         "scratch": ("max_epoch_factor",), "finetune": _RECIPE_REALS}
 _PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one",
                    "flops_penalty")
 
@@ -311,6 +318,11 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
     beyond = [n for n in scratch.get("prunes", []) if n > prunes]
     if beyond:
         raise StageError(f"{source}: scratch.prunes {beyond} go beyond prune.prunes = {prunes}")
+    finetune = dict(tree.get("finetune", {}))
+    finetune_points = {k: finetune.pop(k) for k in ("prunes", "params_budgets", "budgets",
+                                                      "criteria") if k in finetune}
+    _check_finetune(finetune_points, finetune, schedule, prunes, train,
+                    default_preset(base.family), source)
     baselines = [_named(dict(x), source, "a baseline")
                  for x in tree.get("baselines", {}).get("reduced", [])]
     for sweep, field in _SWEEPS.items():
@@ -367,6 +379,13 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         scratch_prunes=tuple(scratch.get("prunes", ())),
         scratch_params_budgets=tuple(scratch.get("params_budgets", ())),
         scratch_budgets=tuple(scratch.get("budgets", ("scratch-e",))),
+        finetune_prunes=tuple(finetune_points.get("prunes", ())),
+        finetune_params_budgets=tuple(finetune_points.get("params_budgets", ())),
+        finetune_budgets=tuple(finetune_points.get("budgets", ("scratch-e",))),
+        finetune_criteria=(tuple(finetune_points["criteria"]) if "criteria" in finetune_points
+                           else None),
+        finetune_recipe={k: tuple(v) if isinstance(v, list) else v
+                         for k, v in finetune.items()},
         max_epoch_factor=scratch.get("max_epoch_factor"), init=scratch.get("init", "fresh"),
         baselines=tuple(baselines), family_budgets=tuple(family.get("budgets", ())),
         family_budget=family.get("budget", "scratch-e"),
@@ -374,6 +393,39 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         evaluate_batch_size=evaluate.get("batch_size", 64),
         seeds=tuple(seeds) if seeds is not None else None,
         log_model=run.get("log_model", True))
+
+
+def _check_finetune(points: dict[str, Any], recipe: dict[str, Any], schedule: dict[str, Any],
+                    prunes: int, train: dict[str, Any], train_preset: str,
+                    source: str) -> None:
+    """[finetune]: its points are checkpoints the prune runs save, its criteria some of the
+    study's, and its epochs the recipe's only where no budget sets them."""
+    save_every = schedule.get("save_every", 100)
+    for n in points.get("prunes", []):
+        if n > prunes:
+            raise StageError(f"{source}: finetune.prunes item {n} goes beyond prune.prunes = "
+                             f"{prunes}")
+        if n % save_every and n != prunes:
+            raise StageError(f"{source}: finetune.prunes item {n} is not a saved checkpoint: "
+                             f"the prune runs save every {save_every} prunes and at {prunes}")
+    criteria = schedule.get("criteria", ("fisher", "l1-mean", "random"))
+    stray = [c for c in points.get("criteria", []) if c not in criteria]
+    if stray:
+        raise StageError(f"{source}: finetune.criteria {stray} are not in prune.criteria")
+    budgets = points.get("budgets", ["scratch-e"])
+    if "epochs" in recipe and any(b != "recipe" for b in budgets):
+        raise StageError(f"{source}: finetune.epochs applies to budgets = [\"recipe\"]; the "
+                         f"budgets {[b for b in budgets if b != 'recipe']} set the epochs "
+                         f"themselves")
+    try:  # the recipe the section makes, checked as a whole
+        base = recipe_preset(train.get("preset", train_preset)).override(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()
+               if k != "preset"})
+        finetune_preset(recipe.get("preset", "liu"), base).override(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()
+               if k != "preset"})
+    except ValueError as err:
+        raise StageError(f"{source}: [finetune] {err}") from None
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -392,6 +444,9 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
         "scratch": {"prunes": list(plan.scratch_prunes),
                     "params_budgets": list(plan.scratch_params_budgets),
                     "budgets": list(plan.scratch_budgets), "init": plan.init},
+        "finetune": {"prunes": list(plan.finetune_prunes),
+                     "params_budgets": list(plan.finetune_params_budgets),
+                     "budgets": list(plan.finetune_budgets), **plan.finetune_recipe},
         "baselines": {"reduced": [dict(b) for b in plan.baselines]},
         "family": {"budgets": list(plan.family_budgets), "budget": plan.family_budget},
         "evaluate": {"enabled": plan.evaluate, "batch_size": plan.evaluate_batch_size},
@@ -403,6 +458,8 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
         tree["network"]["round_to"] = plan.round_to
     if plan.flops_penalty:
         tree["prune"]["flops_penalty"] = plan.flops_penalty
+    if plan.finetune_criteria is not None:
+        tree["finetune"]["criteria"] = list(plan.finetune_criteria)
     if plan.max_epoch_factor is not None:  # TOML has no null: absent means no cap
         tree["scratch"]["max_epoch_factor"] = plan.max_epoch_factor
     return tree
