@@ -516,7 +516,7 @@ def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, init,
 
 @main.command(short_help="Fine-tune a pruned network on from its weights.")
 @examples('mlprunes finetune --prune-run-id $PRUNE --prunes 900',
-          'mlprunes finetune --prune-run-id $PRUNE --prunes 900 --budget scratch-e   # equal epochs',
+          'mlprunes finetune --prune-run-id $PRUNE --prunes 900 --budget scratch-e',
           'mlprunes finetune --prune-run-id $PRUNE --params-budget 500000 --preset base')
 @click.option("--prune-run-id", required=True, help="The prune run whose network to fine-tune.")
 @click.option("--prunes", type=int, default=None,

@@ -54,6 +54,37 @@ class PruneSchedule:
         return (p > 0 and p % self.save_every == 0) or p == self.prunes
 
 
+# The paper's schedule for WRN-40-2 on CIFAR-10: 1,300 prunes of its 1,344 channels, one
+# each, after 100 fine-tuning steps of batch 128, on a base trained 200 epochs of 50,000 images.
+PAPER_PRUNES, PAPER_CHANNELS, PAPER_STEPS, PAPER_BATCH = 1300, 1344, 100, 128
+PAPER_BASE_IMAGES = 200 * 50_000
+
+
+def finetune_share(prunes: int, prune_every: int, batch_size: int, base_epochs: float,
+                   train_images: int) -> float:
+    """Fine-tuning while pruning over the base network's training, in compute. The masked
+    network computes at full width throughout, so this is a ratio of images seen."""
+    return prunes * prune_every * batch_size / max(1.0, base_epochs * train_images)
+
+
+PAPER_FINETUNE_SHARE = finetune_share(PAPER_PRUNES, PAPER_STEPS, PAPER_BATCH, 200, 50_000)
+PAPER_CHANNEL_SHARE = 1 / PAPER_CHANNELS     # of the channels, removed by each prune
+
+
+def schedule_caveat(share: float, per_prune: float) -> str:
+    """A pruning schedule set against the paper's: its fine-tuning over the base's training,
+    and the share of channels each prune removes; and, if it is much shorter or coarser, why
+    that matters."""
+    text = (f"fine-tuning while pruning is {share:.2f}x the base network's training (the "
+            f"paper's: {PAPER_FINETUNE_SHARE:.2f}x for WRN-40-2), and each prune removes "
+            f"{100 * per_prune:.3g}% of the channels (the paper's: "
+            f"{100 * PAPER_CHANNEL_SHARE:.3g}%)")
+    if share < PAPER_FINETUNE_SHARE / 2 or per_prune > 2 * PAPER_CHANNEL_SHARE:
+        text += ("; a much shorter or coarser schedule than the paper's, so the pruned "
+                 "networks had less fine-tuning to recover from each prune than the paper's")
+    return text
+
+
 def prune_while_finetuning(trainer: Trainer, pruner: Pruner, schedule: PruneSchedule,
                            eval_loader, image_size: Size, *, start: int = 0,
                            curve: Sequence[Point] = (), macs_before: float = 0.0,

@@ -4,12 +4,19 @@ Replicates (runs that differ only in seed) are pooled; each comparison gives a d
 means with a 95% confidence interval and a verdict:
 
 1. pruned + fine-tuned against each reduced baseline, the pruning test curve read at the
-   baseline's parameter count (independent groups: Welch's interval);
+   baseline's parameter count (independent groups: Welch's interval); and each network
+   fine-tuned after pruning (`finetune`) against each baseline at least its size;
 2. each architecture trained from scratch against the network it was pruned to, read on that
-   prune run's test curve at its size (paired by seed: one prune run makes both);
+   prune run's test curve at its size, as pruned (paired by seed: one prune run makes both);
+   and against the same network fine-tuned on after pruning, at equal epochs where the
+   fine-tune run took Scratch-E's (paired by seed);
 3. each family member against its prune run's test curve at the member's size (paired);
 4. measured latency of the compressed pruned network against the reduced network it was timed
-   in turn with, at each batch size (paired: one evaluate run times both).
+   in turn with, at each batch size (paired by seed: each seed's pruned network against the
+   reduced network matched to its own size, timed by one evaluate run).
+
+Each comparison says what training each side had (`first_budget`, `second_budget`): epochs and
+training multiply-accumulates, a pruned network's counting its base's training.
 
 Differences are first minus second as titled: negative error differences favour the first.
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mlprunes.arch import GraphSpec
@@ -54,6 +61,8 @@ class Comparison:
     difference: Difference | None = None
     verdict: str = OUT_OF_RANGE
     note: str = ""
+    first_budget: str = ""          # the training each side had: epochs, training MACs
+    second_budget: str = ""
 
     @property
     def title(self) -> str:
@@ -142,23 +151,53 @@ def _finish(c: Comparison, difference: Difference, first_word: str, second_word:
     return c
 
 
+def spent(record: RunRecord, at_params: float | None = None) -> tuple[float | None,
+                                                                     float | None]:
+    """The training a network had, in epochs and training MACs; a prune run's read on its test
+    curve at `at_params` (the network the comparison takes from it)."""
+    if record.stage == "prune" and at_params is not None:
+        curve = [p for p in record.test_curve if p.params]
+        epochs = interpolate([(p.params, p.epochs) for p in curve], at_params)
+        macs = (interpolate([(p.params, p.macs) for p in curve], at_params)
+                if all(p.macs is not None for p in curve) else None)
+        return epochs, macs
+    return record.epochs, record.train_macs
+
+
+def budget_text(records: list[RunRecord], at_params: list[float | None] | None = None) -> str:
+    """The mean training of these networks: `45 epochs, 1.69 TMACs`."""
+    ats = at_params or [None] * len(records)
+    pairs = [spent(r, at) for r, at in zip(records, ats)]
+    epochs = [e for e, _ in pairs if e is not None]
+    macs = [m for _, m in pairs if m is not None]
+    parts = ([f"{mean(epochs):.3g} epochs"] if epochs else []) + (
+        [f"{mean(macs) / 1e12:.3g} TMACs"] if macs else [])
+    return ", ".join(parts)
+
+
+def _comparable(kind, baseline: list[RunRecord], pruned: list[RunRecord]) -> bool:
+    """Whether a reduced baseline competes with networks of `kind` (the pruned side's)."""
+    spec = baseline[0].spec
+    if baseline[0].data != pruned[0].data:  # another dataset or image size
+        return False
+    return kind is None or spec is None or (
+        spec.num_classes == kind.num_classes and (
+            # the seed's families compare within a family; a traced network with any smaller
+            # network of its study (another depth or builder)
+            spec.family == kind.family or (
+                isinstance(spec, GraphSpec) and isinstance(kind, GraphSpec))))
+
+
 def reduced_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
     """Question 1: each prune configuration against each reduced baseline of its network's
-    kind, at the baseline's parameter count."""
+    kind, at the baseline's parameter count; then each fine-tuned pruned network against each
+    baseline with at least its parameters."""
     out = []
     reduced = replicates([r for r in records if is_reduced(r)], "train")
     for pruned in replicates(records, "prune"):
         kind = next((p.spec for p in pruned if p.spec is not None), None)
         for baseline in reduced:
-            spec = baseline[0].spec
-            if baseline[0].data != pruned[0].data:  # another dataset or image size
-                continue
-            if kind is not None and spec is not None and (
-                    spec.num_classes != kind.num_classes or (
-                        # the seed's families compare within a family; a traced network with
-                        # any smaller network of its study (another depth or builder)
-                        spec.family != kind.family and not (
-                            isinstance(spec, GraphSpec) and isinstance(kind, GraphSpec)))):
+            if not _comparable(kind, baseline, pruned):
                 continue
             sizes = [b.params for b in baseline if b.params]
             if not sizes:
@@ -172,6 +211,8 @@ def reduced_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
             c.second_values = [b.test_error for b in baseline if b.test_error is not None]
             c.seeds = sorted({r.seed for r in pruned + baseline}, key=lambda s: (s is None, s or 0))
             c.run_ids = [r.run_id for r in pruned + baseline]
+            c.first_budget = budget_text(pruned, [at] * len(pruned))
+            c.second_budget = budget_text(baseline)
             if any(v is None for v in read):  # a mean over the seeds that got small enough
                 reached = sum(v is not None for v in read)     # would flatter the curve
                 c.note = f"{reached} of {len(read)} prune runs reach this size"
@@ -180,20 +221,52 @@ def reduced_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
                 _finish(c, welch_difference(c.first_values, c.second_values), "pruned",
                         "reduced")
             out.append(c)
+    return out + finetuned_vs_reduced(records, reduced)
+
+
+def finetuned_vs_reduced(records: list[RunRecord],
+                         reduced: list[list[RunRecord]]) -> list[Comparison]:
+    """Question 1 with the fine-tuned pruned network as the pruned side: against each reduced
+    baseline with at least as many parameters (a fixed network, not a curve to read at the
+    baseline's size; independent groups: Welch's interval)."""
+    out = []
+    for tuned in replicates(records, "finetune"):
+        kind = next((t.spec for t in tuned if t.spec is not None), None)
+        sizes = [t.params for t in tuned if t.params]
+        errors = [t.test_error for t in tuned if t.test_error is not None]
+        if not sizes or not errors:
+            continue
+        for baseline in reduced:
+            at = [b.params for b in baseline if b.params]
+            second = [b.test_error for b in baseline if b.test_error is not None]
+            if not at or not second or not _comparable(kind, baseline, tuned) or (
+                    mean(sizes) > mean(at)):
+                continue
+            c = Comparison(1, slug(f"{config_label(tuned[0])}_vs_{config_label(baseline[0])}",
+                                   tuned[0].replicate, baseline[0].replicate),
+                           f"{tuned[0].group} ({config_label(tuned[0])})",
+                           f"{baseline[0].group} ({config_label(baseline[0])})",
+                           "% test error", mean(at), first_values=errors, second_values=second,
+                           seeds=sorted({r.seed for r in tuned + baseline},
+                                        key=lambda s: (s is None, s or 0)),
+                           run_ids=[r.run_id for r in tuned + baseline],
+                           note=f"{mean(sizes):,.0f} params fine-tuned, {mean(at):,.0f} reduced",
+                           first_budget=budget_text(tuned), second_budget=budget_text(baseline))
+            out.append(_finish(c, welch_difference(errors, second), "fine-tuned", "reduced"))
     return out
 
 
 def _paired_with_prune(records: list[RunRecord], stage: str, question: int,
-                       first_word: str) -> list[Comparison]:
+                       first_word: str, as_pruned: str = "") -> list[Comparison]:
     """Questions 2 and 3: each network made from a prune run against that prune run's test
-    curve at the network's size, paired by seed."""
+    curve at the network's size, paired by seed (`as_pruned` said after the prune side)."""
     by_id = {r.run_id: r for r in records}
     out = []
     for made in replicates(records, stage):
         first = made[0]
         source = by_id.get(first.prune_run_id)
-        second = source.group if source is not None else (
-            f"{criterion_name(first.criterion)} prune + fine-tune")
+        second = (source.group if source is not None else (
+            f"{criterion_name(first.criterion)} prune + fine-tune")) + as_pruned
         c = Comparison(question, slug(config_label(first), first.replicate),
                        f"{first.group} ({config_label(first)})", second, "% test error",
                        mean([m.params for m in made if m.params]) if any(
@@ -209,6 +282,10 @@ def _paired_with_prune(records: list[RunRecord], stage: str, question: int,
             c.second_values.append(pruned)
             c.seeds.append(m.seed)
             c.run_ids += [m.run_id, prune.run_id]
+        paired = [m for m in made if m.run_id in c.run_ids]
+        sources = [by_id[m.prune_run_id] for m in paired]
+        c.first_budget = budget_text(paired)
+        c.second_budget = budget_text(sources, [m.params for m in paired])
         if c.first_values:
             _finish(c, paired_difference(c.first_values, c.second_values), first_word,
                     "pruned")
@@ -216,8 +293,70 @@ def _paired_with_prune(records: list[RunRecord], stage: str, question: int,
     return out
 
 
+AS_PRUNED = " (as pruned, before extra fine-tuning)"
+
+
 def scratch_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
-    return _paired_with_prune(records, "scratch", 2, "from scratch")
+    """Question 2 both ways: against the network as pruned (its curve at the scratch run's
+    size), and against the same network fine-tuned on after pruning."""
+    return (_paired_with_prune(records, "scratch", 2, "from scratch", AS_PRUNED)
+            + scratch_vs_finetuned(records))
+
+
+def scratch_vs_finetuned(records: list[RunRecord]) -> list[Comparison]:
+    """Question 2 at a stated budget: each scratch configuration against each fine-tune
+    configuration of the same prune configuration and prune count, paired by seed (the
+    scratch run and the fine-tune run of one prune run). A fine-tune run given Scratch-E's
+    epochs makes it a comparison at equal epochs."""
+    by_id = {r.run_id: r for r in records}
+    out = []
+    tuned_groups = replicates(records, "finetune")
+    for made in replicates(records, "scratch"):
+        for tuned in tuned_groups:
+            pairs = [(m, t) for m in made for t in tuned
+                     if m.prune_run_id and m.prune_run_id == t.prune_run_id
+                     and m.prunes is not None and m.prunes == t.prunes
+                     and m.test_error is not None and t.test_error is not None]
+            if not pairs:
+                continue
+            first, second = made[0], tuned[0]
+            c = Comparison(2, slug(f"{config_label(first)}_vs_{config_label(second)}",
+                                   first.replicate, second.replicate),
+                           f"{first.group} ({config_label(first)})",
+                           f"{second.group} ({config_label(second)})", "% test error",
+                           mean([m.params for m, _ in pairs if m.params] or [0]) or None)
+            for m, t in pairs:
+                c.first_values.append(m.test_error)
+                c.second_values.append(t.test_error)
+                c.seeds.append(m.seed)
+                c.run_ids += [m.run_id, t.run_id]
+            c.first_budget = budget_text([m for m, _ in pairs])
+            c.second_budget = budget_text([t for _, t in pairs])
+            scratch_epochs = {_train_epochs(m) for m, _ in pairs}
+            tuned_epochs = {_train_epochs(t) for _, t in pairs}
+            if len(scratch_epochs) == 1 and scratch_epochs == tuned_epochs:
+                c.note = (f"equal epochs: {scratch_epochs.pop():g} from scratch, as many "
+                          f"fine-tuning after pruning")
+            else:
+                c.note = (f"{_epochs_text(scratch_epochs)} from scratch, "
+                          f"{_epochs_text(tuned_epochs)} fine-tuning after pruning")
+            if by_id.get(first.prune_run_id) is None:
+                c.note += "; its prune run is not among the runs compared"
+            out.append(_finish(c, paired_difference(c.first_values, c.second_values),
+                               "from scratch", "fine-tuned"))
+    return out
+
+
+def _train_epochs(record: RunRecord) -> float | None:
+    """The epochs of this run's own training (a finetune run's without what came before)."""
+    if record.stage == "finetune" and record.epochs is not None:
+        return record.epochs - (record.prior_epochs or 0.0)
+    return record.epochs
+
+
+def _epochs_text(values: set[float | None]) -> str:
+    known = sorted(v for v in values if v is not None)
+    return "/".join(f"{v:g}" for v in known) + " epochs" if known else "unknown epochs"
 
 
 def family_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
@@ -229,7 +368,7 @@ def latency_pruned_vs_reduced(records: list[RunRecord]) -> list[Comparison]:
     by_id = {r.run_id: r for r in records}
     out = []
     timed = [r for r in records if r.stage == "evaluate" and r.matched_run_id]
-    for runs in replicates(timed, "evaluate"):
+    for runs in _timed_pairs(timed, by_id):
         batches = sorted({1} | {r.batch_size for r in runs if r.batch_size}
                          | {int(k.split("_b")[1]) for r in runs for k in r.latency
                             if k.startswith("compressed_b")})
@@ -261,6 +400,19 @@ def latency_pruned_vs_reduced(records: list[RunRecord]) -> list[Comparison]:
                 c.verdict = "no latency measured (refused on a busy machine)"
             out.append(c)
     return out
+
+
+def _timed_pairs(timed: list[RunRecord], by_id: dict[str, RunRecord]) -> list[list[RunRecord]]:
+    """Evaluate runs grouped by the configurations they timed (the pruned network's and the
+    reduced one's), one per seed: seeds whose pruned networks reached other sizes, each timed
+    beside the reduced network nearest its own, are replicates of one comparison. An
+    evaluation whose sources are not among the records stands on its own key."""
+    def configuration(r: RunRecord) -> str:
+        source, matched = by_id.get(r.source_run_id), by_id.get(r.matched_run_id)
+        if source is None or matched is None:
+            return r.replicate
+        return f"{source.replicate}|{matched.replicate}|{r.batch_size}"
+    return replicate_groups([replace(r, replicate=configuration(r)) for r in timed])
 
 
 def answer_metrics(answers: list[Answer]) -> dict[str, float]:
@@ -295,5 +447,7 @@ def answers_markdown(answers: list[Answer]) -> str:
                 figure = f"{d.value:+.2f} {c.unit}, n={d.n}: "
             else:
                 figure = ""
-            lines.append(f"   - {c.title}{at}: {figure}{c.verdict}")
+            trained = (f" (training: {c.first_budget or '?'} vs {c.second_budget or '?'})"
+                       if c.first_budget or c.second_budget else "")
+            lines.append(f"   - {c.title}{at}: {figure}{c.verdict}{trained}")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlprunes.report.answers import Answer
-from mlprunes.report.records import RunRecord
+from mlprunes.report.records import RunRecord, schedule_caveats
 from mlprunes.report.table import configurations, configurations_html, html_table, rows
 
 CSS = """
@@ -27,7 +27,8 @@ ul.best li { margin: 2px 0; }
 section.answer { border-left: 4px solid #1f77b4; padding: 2px 12px; margin: 10px 0; }
 section.answer h3 { font-size: 15px; margin: 6px 0; }
 .verdict { font-weight: 600; }
-table.answers td:nth-child(n+3) { text-align: right; font-variant-numeric: tabular-nums; }
+table.answers td:nth-child(n+3):nth-child(-n+7) { text-align: right;
+                                              font-variant-numeric: tabular-nums; }
 """
 
 CAPTIONS = {
@@ -44,7 +45,8 @@ CAPTIONS = {
     "latency": "Measured by evaluate runs: the compressed network at batch 1 on the device "
                "that ran them.",
     "q1": "Question 1: each reduced baseline against the pruning test curves.",
-    "q2": "Question 2: pruned architectures trained anew against the pruned networks.",
+    "q2": "Question 2: pruned architectures trained anew against the pruned networks, as "
+          "pruned and fine-tuned on after pruning.",
     "q3": "Question 3: family members against the pruning test curve they were scaled from.",
     "q4": "Question 4: the pruned network and a reduced network of about its size, timed in "
           "turn by one evaluate run.",
@@ -75,16 +77,27 @@ def answers_html(answers: list[Answer]) -> str:
                 f"<td>{_number(d.value, c.unit) if d is not None else ''}</td>"
                 f"<td>{interval}</td><td>{d.n if d is not None else 0}</td>"
                 f'<td class="verdict">{html.escape(c.verdict)}</td>'
+                f"<td>{html.escape(c.first_budget)}<br>{html.escape(c.second_budget)}</td>"
                 f"<td>{html.escape(c.note)}</td></tr>")
         unit = "ms" if a.question == 4 else "points of test error"
         table = (f'<table class="answers"><thead><tr><th>Comparison (first vs second)</th>'
                  f"<th>At params</th><th>Means</th><th>Difference ({unit})</th>"
-                 f"<th>95% CI</th><th>n</th><th>Verdict</th><th>Note</th></tr></thead>"
+                 f"<th>95% CI</th><th>n</th><th>Verdict</th>"
+                 f"<th>Training (first, second)</th><th>Note</th></tr></thead>"
                  f"<tbody>{''.join(body)}</tbody></table>" if body else "")
         parts.append(f'<section class="answer" id="q{a.question}"><h3>{a.question}. '
                      f"{html.escape(a.text)}</h3><p><span class=\"verdict\">"
                      f"{html.escape(a.summary)}</span></p>{table}</section>")
     return "\n".join(parts)
+
+
+def caveats_html(records: list[RunRecord]) -> str:
+    """The Caveats section: each prune configuration's schedule set against the paper's."""
+    items = schedule_caveats(records)
+    if not items:
+        return ""
+    listed = "".join(f"<li>{html.escape(text)}</li>" for text in items)
+    return f'<h2 id="caveats">Caveats</h2>\n<ul class="caveats">{listed}</ul>'
 
 
 def _image(path: Path) -> str:
@@ -129,6 +142,7 @@ def render(records: list[RunRecord], plots: dict[str, dict[str, Path]], title: s
 confidence interval over seeds (Welch's for question 1; paired by seed for 2 to 4). Negative
 differences favour the first.</p>
 {answers_html(list(answers))}
+{caveats_html(records)}
 <h2>Lowest error in each group (any size)</h2>
 <ul class="best">{best}</ul>
 <h2>Plots</h2>

@@ -14,7 +14,8 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-NETWORK_STAGES = ("train", "prune", "scratch", "family-member")   # runs that end in a network
+# Runs that end in a network.
+NETWORK_STAGES = ("train", "prune", "scratch", "finetune", "family-member")
 
 
 def pareto_runs(records):

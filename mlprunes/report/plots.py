@@ -35,6 +35,11 @@ TEST, VALIDATION = "Test error (%)", "Validation error (%)"
 # Groups a reader compares side by side get related colours: pruned (blues/greens),
 # from-scratch pruned architectures (oranges), reduced baselines (reds/purples).
 STYLES = [
+    # Fine-tuned after pruning: the pruned curve's colour family, a marker of its own (before
+    # the "Fisher prune" prefix, which would take them too).
+    ("Fisher pruned, then fine-tuned", "#17becf", "d"),
+    ("L1 pruned, then fine-tuned", "#98df8a", "d"),
+    ("Random pruned, then fine-tuned", "#525252", "d"),
     ("Fisher prune", "#1f77b4", "."), ("L1 prune", "#2ca02c", "."),
     ("Random prune", "#7f7f7f", "."), ("Fisher arch. from scratch (Scratch-B)", "#8c564b", "P"),
     ("Fisher arch", "#ff7f0e", "o"), ("L1 arch", "#bcbd22", "s"),
@@ -93,7 +98,7 @@ def series_for(records: list[RunRecord], axis: str, error: str = "test") -> list
     if error != "test":
         return out
     grouped: dict[str, Series] = {}
-    trained = [r for r in records if r.stage in ("train", "scratch", "family-member")
+    trained = [r for r in records if r.stage in ("train", "scratch", "finetune", "family-member")
                and r.test_error is not None and _value(r, axis)]
     for runs in replicate_groups(trained):
         s = grouped.setdefault(runs[0].group, Series(runs[0].group, "points"))
@@ -220,9 +225,9 @@ def draw_latency_answer(answer: Answer, out_dir: Path) -> dict[str, Path]:
 
 QUESTION_PLOTS = {
     1: ("Q1: pruned and fine-tuned vs reduced networks", "q1_pruned_vs_reduced",
-        lambda r: r.stage == "prune" or is_reduced(r)),
+        lambda r: r.stage in ("prune", "finetune") or is_reduced(r)),
     2: ("Q2: pruned architectures trained from scratch", "q2_scratch_vs_pruned",
-        lambda r: r.stage in ("prune", "scratch")),
+        lambda r: r.stage in ("prune", "scratch", "finetune")),
     3: ("Q3: a family scaled from one pruning run", "q3_family_vs_pruned",
         lambda r: r.stage in ("prune", "family-member")),
 }

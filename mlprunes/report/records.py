@@ -7,12 +7,14 @@ plots and the report are testable on records made by hand.
 from __future__ import annotations
 
 import math
+import re
 
 from dataclasses import dataclass, field
 
 from mlprunes.arch import ArchSpec, GraphSpec, Spec
 
 CRITERION_NAMES = {"fisher": "Fisher", "l1": "L1", "random": "Random"}
+FINETUNE_BUDGET_NAMES = {"scratch-e": " (Scratch-E's epochs)", "scratch-b": " (Scratch-B's epochs)"}
 
 
 @dataclass
@@ -36,7 +38,8 @@ class RunRecord:
     params: float | None = None
     flops: float | None = None
     test_error: float | None = None
-    epochs: float | None = None           # training cost of this network, in epochs
+    epochs: float | None = None           # training cost of this network, in epochs (a
+    #                                       finetune run's counts its base's and pruning's too)
     train_macs: float | None = None       # ... and in multiply-accumulates
     latency_ms: float | None = None       # evaluate runs: compressed network at batch 1
     latency_masked_ms: float | None = None
@@ -49,6 +52,9 @@ class RunRecord:
     start_time: int = 0                   # of the run, ms: the newest of duplicates wins
     batch_size: int | None = None         # evaluate: the large batch it timed
     init: str = "fresh"                   # scratch and family members: fresh or sliced
+    prunes: int | None = None             # scratch and finetune: the prune count taken
+    prior_epochs: float | None = None     # finetune: the epochs before it (base + pruning)
+    round_to: int = 1                     # prune: channels per prune
     base_run_id: str = ""
     prune_run_id: str = ""
     source_run_id: str = ""
@@ -80,6 +86,8 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
         elif r.stage == "scratch":
             r.group = f"{crit} arch. from scratch" + (" (Scratch-B)" if r.budget == "scratch-b"
                                                       else "") + _sliced(r)
+        elif r.stage == "finetune":
+            r.group = f"{crit} pruned, then fine-tuned" + FINETUNE_BUDGET_NAMES.get(r.budget, "")
         elif r.stage == "family-member":
             r.group = f"{crit} family, scaled from one prune" + _sliced(r)
         elif r.stage == "train":
@@ -89,6 +97,25 @@ def assign_groups(records: list[RunRecord]) -> list[RunRecord]:
             source = by_id.get(r.source_run_id)
             r.group = f"Evaluated: {source.group}" if source is not None else "Evaluated"
     return records
+
+
+def schedule_caveats(records: list[RunRecord]) -> list[str]:
+    """Each prune configuration's schedule against the paper's (its fine-tuning over its
+    base's training, the share of channels a prune removes), from its first seed's curve."""
+    from mlprunes.pruning.loop import schedule_caveat
+
+    by_id = {r.run_id: r for r in records}
+    out = []
+    for runs in replicate_groups([r for r in records if r.stage == "prune"]):
+        run = runs[0]
+        base = by_id.get(run.base_run_id)
+        if not run.curve or run.spec is None or base is None or not base.epochs:
+            continue
+        share = (run.curve[-1].epochs - base.epochs) / base.epochs
+        per_prune = run.round_to / run.spec.prunable_channels
+        name = re.sub(r"-s\d+(?=-|$)", "", run.name)   # what its seeds share
+        out.append(f"{run.group} ({name}): {schedule_caveat(share, per_prune)}.")
+    return out
 
 
 def _sliced(record: RunRecord) -> str:

@@ -16,7 +16,8 @@ COLUMNS = ["run_id", "run_name", "group", "stage", "criterion", "seed", "replica
 
 
 def rows(records: list[RunRecord]) -> list[dict[str, Any]]:
-    order = {"train": 0, "prune": 1, "scratch": 2, "family-member": 3, "evaluate": 4}
+    order = {"train": 0, "prune": 1, "scratch": 2, "finetune": 3, "family-member": 4,
+             "evaluate": 5}
     out = []
     for r in sorted(records, key=lambda r: (order.get(r.stage, 9), r.group, r.params or 0)):
         out.append({
@@ -95,7 +96,7 @@ def configurations(records: list[RunRecord]) -> list[dict[str, Any]]:
     from mlprunes.report.answers import config_label
     from mlprunes.report.stats import mean, std
 
-    order = {"train": 0, "prune": 1, "scratch": 2, "family-member": 3}
+    order = {"train": 0, "prune": 1, "scratch": 2, "finetune": 3, "family-member": 4}
     out = []
     for runs in replicate_groups([r for r in records if r.stage != "evaluate"]):
         errors = [r.test_error for r in runs if r.test_error is not None]

@@ -122,9 +122,13 @@ def _curves(client: MlflowClient, run: Run, base_epochs: float,
     return points("val_error"), test
 
 
+def _int(value: str | None) -> int | None:
+    number = _float(value)
+    return int(number) if number is not None else None
+
+
 def _seed(params: dict[str, str]) -> int | None:
-    value = _float(params.get("seed"))
-    return int(value) if value is not None else None
+    return _int(params.get("seed"))
 
 
 def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunRecord:
@@ -142,9 +146,14 @@ def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunReco
         parent_run_id=tags.get("mlflow.parentRunId", ""), seed=_seed(params),
         replicate=tags.get(contract.TAG_REPLICATE, ""), start_time=run.info.start_time or 0,
         data=f"{params.get('dataset', '')}:{params.get('image_size', '')}",
-        init=params.get("init") or "fresh")
+        init=params.get("init") or "fresh", prunes=_int(params.get("prunes")),
+        round_to=_int(params.get("round_to")) or 1)
     if stage in contract.TRAINED:
         record.epochs = _float(params.get("epochs"))
+    elif stage == contract.FINETUNE:
+        epochs, before = _float(params.get("epochs")), _float(params.get("prior_epochs"))
+        record.epochs = epochs + (before or 0.0) if epochs is not None else None
+        record.prior_epochs = before
     elif stage == contract.PRUNE:
         base = bases.get(record.base_run_id)
         if base is None and record.base_run_id:

@@ -22,8 +22,8 @@ from mlprunes.signals import deferred
 from mlprunes.jobs import PruneJob, criterion_label
 from mlprunes.nets import build, is_mask_key
 from mlprunes.pruning import Pruner, compress, make_saliency, spec_after
-from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, prune_while_finetuning,
-                                   restore)
+from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, finetune_share,
+                                   prune_while_finetuning, restore, schedule_caveat)
 from mlprunes.stages import contract, kept, tracking
 from mlprunes.stages.common import (check_batches, check_input, load_splits, make_loaders, say,
                                     spec_json)
@@ -84,7 +84,10 @@ def run(job: PruneJob, parent_run_id: str | None = None,
             if resume_run_id is not None:
                 start, curve = _resume(run_id, trainer, pruner, tmp)
                 logged_through = tracking.last_logged_step(run_id, "val_error")
-            tracking.describe_run(description(job, spec, label))
+            share = finetune_share(job.prunes, job.prune_every, recipe.batch_size,
+                                   float(base_run.data.params.get("epochs") or 0),
+                                   len(splits.train))
+            tracking.describe_run(description(job, spec, label, share))
             if start == 0:  # params already on a resumed run are left as they are
                 tracking.log_params({
                     "base_run_id": job.base_run_id, "criterion": job.criterion,
@@ -143,11 +146,14 @@ def check_prune_count(spec, prunes: int, keep_one: bool, round_to: int) -> None:
                          f"{spec.name} can lose" + why)
 
 
-def description(job: PruneJob, spec, label: str) -> str:
-    """The prune run's description: what it does, and how to read its charts."""
+def description(job: PruneJob, spec, label: str, share: float) -> str:
+    """The prune run's description: what it does, its schedule against the paper's, and how to
+    read its charts."""
     each = f"{job.round_to} channels of one block" if job.round_to > 1 else "one channel"
+    caveat = schedule_caveat(share, job.round_to / spec.prunable_channels)
     return (f"Prunes {spec.name} ({spec.prunable_channels} channels) by **{label}**, "
             f"{job.prunes} times, fine-tuning {job.prune_every} steps before each prune.\n\n"
+            f"**Schedule:** {caveat}.\n\n"
             f"**A step is one prune** ({each}): every metric at step n describes the network "
             f"after n prunes (`params`, `flops`, `channels_left`, `val_error`; `test_error` at "
             f"each saved checkpoint). `final_arch.json` and the param `final_mids` give the "
