@@ -210,3 +210,87 @@ def test_answers_become_metrics_and_configurations_pool_replicates():
     width = rows["train-reduced-width0.5"]
     assert (width["n"], width["seeds"]) == (3, "0,1,2")
     assert width["test_error_mean"] == 22.0 and width["test_error_std"] == 1.0
+
+
+# -- fine-tuned after pruning, and seeds of other sizes ---------------------------------------
+
+def with_finetune(tuned_errors=(27.0, 29.0, 24.0), budget="scratch-e", epochs=30.0):
+    """The hand-built study with the Fisher scratch runs at 100 prunes (30 epochs), and the
+    same network of each seed fine-tuned on (test errors as given)."""
+    records = study()
+    for r in records:
+        if r.stage == "scratch":
+            r.prunes, r.epochs, r.train_macs = 100, 30.0, 1e12
+        if r.stage == "prune":
+            r.test_curve = [CurvePoint(p.prunes, p.params, p.flops, p.error, 30 + p.prunes / 10,
+                                       2e12 + p.prunes * 1e10) for p in r.test_curve]
+    for s in range(3):
+        records.append(RunRecord(f"tuned{s}", f"finetune-e-fisher-p100-s{s}", "finetune",
+                                 criterion="fisher", budget=budget, prune_run_id=f"fisher{s}",
+                                 prunes=100, params=40_000, test_error=tuned_errors[s], seed=s,
+                                 epochs=40.0 + epochs, prior_epochs=40.0, train_macs=4e12,
+                                 replicate="TUNED"))
+    return assign_groups(records)
+
+
+def test_question_2_also_pairs_scratch_with_the_fine_tuned_network_at_equal_epochs():
+    q2 = answer_all(with_finetune())[1]
+    as_pruned = next(c for c in q2.comparisons if "Fisher arch" in c.first
+                     and "as pruned" in c.second)
+    assert as_pruned.second_values == pytest.approx([30.0, 31.0, 32.0])   # kept as it was
+    assert as_pruned.second.endswith("(as pruned, before extra fine-tuning)")
+    # Read at 40k params on the curve: 30 + 100/10 epochs, 2e12 + 100 x 1e10 MACs.
+    assert as_pruned.second_budget == "40 epochs, 3 TMACs"
+    tuned = next(c for c in q2.comparisons if "fine-tuned" in c.second)
+    assert tuned.first.startswith("Fisher arch. from scratch")
+    assert tuned.second.startswith("Fisher pruned, then fine-tuned (Scratch-E's epochs)")
+    assert tuned.first_values == [30.0, 33.0, 29.0] and tuned.second_values == [27.0, 29.0, 24.0]
+    assert tuned.seeds == [0, 1, 2] and tuned.difference.paired
+    # differences 3, 4, 5: mean 4, sd 1
+    assert tuned.difference.value == pytest.approx(4.0)
+    assert tuned.difference.low == pytest.approx(4 - T2 / math.sqrt(3))
+    assert tuned.verdict == "fine-tuned better"
+    assert tuned.note == "equal epochs: 30 from scratch, as many fine-tuning after pruning"
+    assert tuned.first_budget == "30 epochs, 1 TMACs"
+    assert tuned.second_budget == "70 epochs, 4 TMACs"
+    assert tuned.name != as_pruned.name
+
+
+def test_question_2_says_when_the_epochs_differ_and_pairs_only_one_prune_run():
+    records = with_finetune(budget="recipe", epochs=40.0)
+    records = [r for r in records if r.run_id != "tuned2"]
+    records.append(RunRecord("tuned-other", "finetune-fisher-p100-s2", "finetune",
+                             criterion="fisher", budget="recipe", prune_run_id="fisher2",
+                             prunes=80, params=50_000, test_error=10.0, seed=2, epochs=80.0,
+                             prior_epochs=40.0, replicate="TUNED"))
+    tuned = next(c for c in answer_all(assign_groups(records))[1].comparisons
+                 if "fine-tuned" in c.second)
+    assert tuned.seeds == [0, 1]                  # seed 2's fine-tune run is of 80 prunes
+    assert tuned.note == "30 epochs from scratch, 40 epochs fine-tuning after pruning"
+
+
+def test_question_1_takes_fine_tuned_networks_against_baselines_at_least_their_size():
+    q1 = answer_all(with_finetune(tuned_errors=(27.0, 28.0, 29.0)))[0]
+    tuned = next(c for c in q1.comparisons if c.first.startswith("Fisher pruned, then"))
+    assert tuned.second.startswith("Reduced width")
+    assert tuned.first_values == [27.0, 28.0, 29.0] and tuned.second_values == [21.0, 22.0, 23.0]
+    assert not tuned.difference.paired and tuned.verdict == "reduced better"
+    assert tuned.note == "40,000 params fine-tuned, 80,000 reduced"
+    records = with_finetune()
+    for r in records:
+        if r.stage == "finetune":
+            r.params = 90_000                      # larger than the baseline: not compared
+    assert not [c for c in answer_all(records)[0].comparisons
+                if c.first.startswith("Fisher pruned, then")]
+
+
+def test_question_4_pools_seeds_whose_pruned_networks_reached_other_sizes():
+    records = study()
+    for s, r in enumerate(r for r in records if r.stage == "evaluate"):
+        r.params, r.matched_params = [42_246, 41_526, 40_230][s], [45_210, 41_000, 39_500][s]
+        # each its own evaluate key, as when a busy machine's evaluation dropped it
+        r.replicate = r.run_id
+    b1, b64 = sorted(answer_all(records)[3].comparisons, key=lambda c: len(c.first))
+    assert b1.seeds == [0, 1, 2] and b1.difference.n == 3 and b1.difference.has_interval
+    assert b64.first_values == [9.0, 10.0, 11.0]
+    assert "41,334 params pruned, 41,903 reduced" in b1.note
