@@ -32,6 +32,7 @@ BUDGETS = ("scratch-e", "scratch-b")
 FINETUNE_BUDGETS = ("recipe", *BUDGETS)
 # How fine-tune runs are named by budget: finetune-e-fisher-p170 has Scratch-E's epochs.
 FINETUNE_TAGS = {"recipe": "", "scratch-e": "-e", "scratch-b": "-b"}
+BUDGET_NAMES = {"scratch-e": "Scratch-E", "scratch-b": "Scratch-B"}
 DEFAULT_EXPERIMENT = "mlprunes"
 CRITERIA = tuple(SALIENCY_CRITERIA)       # the pruning criteria a job may name
 
@@ -350,13 +351,18 @@ class FinetuneJob(Job):
                              f"{self.budget!r}")
         if self.budget != "recipe" and self.recipe.epochs is not None:
             raise StageError(f"--budget {self.budget} sets the epochs (those of the "
-                             f"{self.budget.capitalize()} run of this architecture); drop "
+                             f"{BUDGET_NAMES[self.budget]} run of this architecture); drop "
                              f"--epochs, or use --budget recipe")
         if self.max_epoch_factor is not None:
+            if self.budget != "scratch-b":
+                raise StageError("--max-epoch-factor applies to --budget scratch-b")
             _check_budget(self.budget, self.max_epoch_factor)
         if self.recipe.preset is not None and self.recipe.preset not in FINETUNE_PRESET_NAMES:
             raise StageError(f"--preset must be one of {', '.join(FINETUNE_PRESET_NAMES)} "
                              f"(fine-tuning presets), got {self.recipe.preset!r}")
+        # The default preset, named: `--preset liu` and no --preset are one job, one key.
+        object.__setattr__(self, "recipe", replace(self.recipe,
+                                                   preset=self.recipe.preset or "liu"))
         if self.recipe.epochs is not None and self.recipe.epochs < 1:
             raise StageError(f"--epochs must be at least 1 to fine-tune, got "
                              f"{self.recipe.epochs}")

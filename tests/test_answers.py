@@ -228,7 +228,8 @@ def with_finetune(tuned_errors=(27.0, 29.0, 24.0), budget="scratch-e", epochs=30
         records.append(RunRecord(f"tuned{s}", f"finetune-e-fisher-p100-s{s}", "finetune",
                                  criterion="fisher", budget=budget, prune_run_id=f"fisher{s}",
                                  prunes=100, params=40_000, test_error=tuned_errors[s], seed=s,
-                                 epochs=40.0 + epochs, prior_epochs=40.0, train_macs=4e12,
+                                 epochs=40.0 + epochs, prior_epochs=40.0, own_epochs=epochs,
+                                 train_macs=4e12,
                                  replicate="TUNED"))
     return assign_groups(records)
 
@@ -262,7 +263,7 @@ def test_question_2_says_when_the_epochs_differ_and_pairs_only_one_prune_run():
     records.append(RunRecord("tuned-other", "finetune-fisher-p100-s2", "finetune",
                              criterion="fisher", budget="recipe", prune_run_id="fisher2",
                              prunes=80, params=50_000, test_error=10.0, seed=2, epochs=80.0,
-                             prior_epochs=40.0, replicate="TUNED"))
+                             prior_epochs=40.0, own_epochs=40.0, replicate="TUNED"))
     tuned = next(c for c in answer_all(assign_groups(records))[1].comparisons
                  if "fine-tuned" in c.second)
     assert tuned.seeds == [0, 1]                  # seed 2's fine-tune run is of 80 prunes
@@ -294,3 +295,23 @@ def test_question_4_pools_seeds_whose_pruned_networks_reached_other_sizes():
     assert b1.seeds == [0, 1, 2] and b1.difference.n == 3 and b1.difference.has_interval
     assert b64.first_values == [9.0, 10.0, 11.0]
     assert "41,334 params pruned, 41,903 reduced" in b1.note
+
+
+def test_equal_epochs_are_said_whatever_the_float_sums_and_pairs_keep_to_one_seed():
+    records = with_finetune(epochs=0.1 + 0.2)        # own epochs not exactly 0.3
+    for r in records:
+        if r.stage == "scratch":
+            r.epochs = 0.3
+        if r.stage == "finetune":
+            r.epochs = 0.7 + 0.1 + 0.2                # prior 40 + 0.3, summed otherwise
+    tuned = next(c for c in answer_all(records)[1].comparisons if "fine-tuned" in c.second)
+    assert tuned.note == "equal epochs: 0.3 from scratch, as many fine-tuning after pruning"
+    # Seed 0's prune run fine-tuned again under seed 1 is not seed 0's scratch run's pair.
+    records = [r for r in with_finetune() if r.run_id != "tuned1"]
+    records.append(RunRecord("tuned-x", "finetune-e-fisher-p100-s1", "finetune",
+                             criterion="fisher", budget="scratch-e", prune_run_id="fisher0",
+                             prunes=100, params=40_000, test_error=5.0, seed=1, epochs=70.0,
+                             own_epochs=30.0, replicate="TUNED"))
+    tuned = next(c for c in answer_all(assign_groups(records))[1].comparisons
+                 if "fine-tuned" in c.second)
+    assert tuned.seeds == [0, 2] and 5.0 not in tuned.second_values

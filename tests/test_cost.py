@@ -69,8 +69,10 @@ def test_plan_prints_the_figures_and_refuses_bad_input():
                                  "1,8,64", "--images-per-second", "5000", "--json"])
     assert shown.exit_code == 0, shown.output
     figures = json.loads(shown.output)
-    # Per seed: base, 3 prunes, 12 scratch, 7 reduced, a family and 2 evaluations.
-    assert len(figures["jobs"]) == 3 * 26 + 1
+    # Per seed: base, 3 prunes, 12 scratch, 24 fine-tune (4 points, 2 budgets), 7 reduced, a
+    # family and 2 evaluations.
+    assert len(figures["jobs"]) == 3 * 50 + 1
+    assert {j["stage"] for j in figures["jobs"]} >= {"finetune"}
     assert {j["node"].rsplit("-s", 1)[1] for j in figures["jobs"][:-1]} == {"0", "1", "2"}
     assert set(figures["makespan_hours"]) == {"1", "8", "64"}
     assert figures["makespan_hours"]["1"] == pytest.approx(figures["gpu_hours"])

@@ -97,6 +97,8 @@ def test_the_budget_sets_the_epochs_and_a_budget_picks_a_saved_checkpoint(pruned
     (["--params-budget", "10"], "below the smallest network the checkpoints saved"),
     (["--prunes", "4", "--epochs", "0"], "--epochs must be at least 1"),
     (["--prunes", "4", "--params-budget", "1000"], "exactly one of --prunes and"),
+    (["--prunes", "4", "--max-epoch-factor", "2"], "applies to --budget scratch-b"),
+    (["--prunes", "4", "--budget", "scratch-b", "--epochs", "2"], "the Scratch-B run"),
 ])
 def test_bad_finetune_input_is_one_clear_error_and_no_run(pruned, args, fragment):
     before = len(all_runs())
@@ -140,16 +142,24 @@ def test_sigterm_mid_finetune_and_a_resume_ends_as_the_uninterrupted_run(store, 
     assert [m.step for m in client.get_metric_history(run_id, "test_error")] == [0, 40]
 
 
-def test_a_pipeline_job_has_the_key_of_the_finetune_typed_by_hand():
-    study = load_preset("tiny")
-    graph = study_graph(study, "tiny", RunConfig(), study.base_spec(10))
+@pytest.mark.parametrize("preset, node", [("tiny", "finetune-e-fisher-p12"),
+                                          ("wrn-40-2", "finetune-e-fisher-p300-s0")])
+def test_a_pipeline_job_has_the_key_of_the_finetune_typed_by_hand(preset, node):
+    study = load_preset(preset, ["finetune.prunes=[12]"] if preset == "tiny" else [])
+    graph = study_graph(study, preset, RunConfig(), study.base_spec(10))
     ran = {name: f"id-{name}" for name in graph.names}
-    assert (graph["finetune-e-fisher-p12"].job.resolved(ran).key
-            == FinetuneJob(prune_run_id="id-prune-fisher", prunes=12, budget="scratch-e").key)
+    base = "id-prune-fisher" + ("-s0" if preset == "wrn-40-2" else "")
+    # mlprunes finetune --prune-run-id ID --prunes N --budget scratch-e (--preset liu or not)
+    by_hand = FinetuneJob(prune_run_id=base, prunes=study.finetune_prunes[0],
+                          budget="scratch-e")
+    assert graph[node].job.resolved(ran).key == by_hand.key
+    assert by_hand.key == FinetuneJob(prune_run_id=base, prunes=study.finetune_prunes[0],
+                                      budget="scratch-e", recipe=RecipeChoice(preset="liu")).key
 
 
 @pytest.mark.parametrize("sets, fragment", [
     ("finetune.prunes=[5]", "finetune.prunes item 5 is not a saved checkpoint"),
+    ("finetune.params_budgets=[0]", "finetune.params_budgets item 0: must be at least 1"),
     ("finetune.prunes=[20]", "goes beyond prune.prunes"),
     ("finetune.criteria=[\"random\"]", "are not in prune.criteria"),
     ("finetune.epochs=3", "finetune.epochs applies to budgets"),
@@ -168,7 +178,8 @@ def test_two_seeds_with_finetune_points_answer_question_2_at_equal_epochs(store,
     """The tiny study on two seeds: its fine-tune runs are reused by a second pipeline, and
     question 2 has the scratch runs against them, paired by seed, at equal epochs."""
     client = MlflowClient()
-    sets = "run.seeds=[0,1];evaluate.enabled=false;family.budgets=[];baselines.reduced=[]"
+    sets = ("finetune.prunes=[12];run.seeds=[0,1];evaluate.enabled=false;family.budgets=[];"
+            "baselines.reduced=[]")
     first = cli("pipeline", "--preset", "tiny", "--no-progress", "--set", sets).run_id
     second = cli("pipeline", "--preset", "tiny", "--no-progress", "--set", sets).run_id
     steps = read_csv(read_artifact_text(second, "pipeline_runs.csv", tmp_path / "p"))

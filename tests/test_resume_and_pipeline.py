@@ -94,7 +94,6 @@ def test_the_pipeline_run_twice_reuses_every_finished_run(store, tmp_path):
     after_first = stages_count()
     assert after_first["train"] == 2 and after_first["prune"] == 1
     assert after_first["family-member"] == 1 and after_first["evaluate"] == 2
-    assert after_first["finetune"] == 1
     first_steps = read_csv(read_artifact_text(first, "pipeline_runs.csv", tmp_path / "a"))
     assert {s["how"] for s in first_steps} == {"new"}
     assert [s["step"] for s in first_steps] == list(planned)
@@ -118,7 +117,7 @@ def test_the_pipeline_run_twice_reuses_every_finished_run(store, tmp_path):
     table = read_csv(read_artifact_text(run.data.tags["mlprunes.compare_run_id"], "runs.csv",
                                         tmp_path / "c"))
     assert sorted(r["stage"] for r in table) == sorted(
-        ["train"] * 2 + ["prune", "scratch", "finetune", "family-member"] + ["evaluate"] * 2)
+        ["train"] * 2 + ["prune", "scratch", "family-member"] + ["evaluate"] * 2)
 
 
 def test_the_pipeline_resumes_an_interrupted_prune(store, monkeypatch, tmp_path):

@@ -51,10 +51,11 @@ def test_a_study_given_three_ways_makes_the_same_keys(tmp_path):
     spelled = spelled.replace("keep_one = false\n", "").replace("data_seed = 0\n", "")
     (tmp_path / "again.toml").write_text(spelled)
     assert keys(load_study_file(tmp_path / "again.toml")) == keys(demo)
-    changed = load_preset("demo", ["prune.prunes=100", "scratch.prunes=[50, 100]"])
-    (tmp_path / "hundred.toml").write_text(
+    changed = load_preset("demo", ["prune.prunes=100", "scratch.prunes=[60, 100]",
+                                   "finetune.prunes=[60, 100]"])
+    (tmp_path / "hundred.toml").write_text(   # [scratch] and [finetune] both say [170]
         study_toml(demo).replace("prunes = 170", "prunes = 100")
-        .replace("prunes = [170]", "prunes = [50, 100]"))
+        .replace("prunes = [170]", "prunes = [60, 100]"))
     assert keys(changed) == keys(load_study_file(tmp_path / "hundred.toml"))
     assert keys(changed) != keys(demo)
 
@@ -260,8 +261,8 @@ def test_the_readme_example_study_is_a_valid_study(tmp_path):
     (tmp_path / "flowers.toml").write_text(example)
     plan = load_study_file(tmp_path / "flowers.toml")
     assert plan.data.dataset == "imagefolder" and plan.seeds == (0, 1, 2)
-    # per seed: base, prunes, scratch, reduced, family, two evaluations
-    assert len(keys(plan)) == 3 * (1 + 3 + 3 * 2 * 3 + 3 + 1 + 2)
+    # per seed: base, prunes, scratch, fine-tune runs, reduced, family, two evaluations
+    assert len(keys(plan)) == 3 * (1 + 3 + 3 * 2 * 3 + 3 * 2 * 3 + 3 + 1 + 2)
 
 
 def test_numbers_key_by_value_not_spelling_and_any_text_round_trips():

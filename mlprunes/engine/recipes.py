@@ -126,8 +126,9 @@ FINETUNE_PRESETS: dict[str, Recipe] = {
                   schedule="constant", pad="zero"),
 }
 # `base`: the base run's own recipe (its epochs, batch, schedule, weight decay, padding) with
-# its learning rate times this: the rate its step schedule reaches at its first milestone.
-# Restarting trained weights at the initial rate would throw away what they learned.
+# its initial learning rate times this. Trained weights restarted at the initial rate would
+# lose much of what they learned; a tenth is the usual fine-tuning rate (and the rate the
+# DenseNet and CIFAR step schedules reach at their first milestone).
 BASE_FINETUNE_LR_SCALE = 0.1
 FINETUNE_PRESET_NAMES = (*FINETUNE_PRESETS, "base")
 

@@ -24,8 +24,9 @@ Differences are first minus second as titled: negative error differences favour 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlprunes.arch import GraphSpec
@@ -313,10 +314,7 @@ def scratch_vs_finetuned(records: list[RunRecord]) -> list[Comparison]:
     tuned_groups = replicates(records, "finetune")
     for made in replicates(records, "scratch"):
         for tuned in tuned_groups:
-            pairs = [(m, t) for m in made for t in tuned
-                     if m.prune_run_id and m.prune_run_id == t.prune_run_id
-                     and m.prunes is not None and m.prunes == t.prunes
-                     and m.test_error is not None and t.test_error is not None]
+            pairs = _pairs(made, tuned)
             if not pairs:
                 continue
             first, second = made[0], tuned[0]
@@ -332,11 +330,12 @@ def scratch_vs_finetuned(records: list[RunRecord]) -> list[Comparison]:
                 c.run_ids += [m.run_id, t.run_id]
             c.first_budget = budget_text([m for m, _ in pairs])
             c.second_budget = budget_text([t for _, t in pairs])
-            scratch_epochs = {_train_epochs(m) for m, _ in pairs}
-            tuned_epochs = {_train_epochs(t) for _, t in pairs}
-            if len(scratch_epochs) == 1 and scratch_epochs == tuned_epochs:
-                c.note = (f"equal epochs: {scratch_epochs.pop():g} from scratch, as many "
-                          f"fine-tuning after pruning")
+            scratch_epochs = [_train_epochs(m) for m, _ in pairs]
+            tuned_epochs = [_train_epochs(t) for _, t in pairs]
+            if all(a is not None and b is not None and math.isclose(a, b)
+                   for a, b in zip(scratch_epochs, tuned_epochs)):
+                c.note = (f"equal epochs: {_epochs_text(scratch_epochs, '')} from scratch, "
+                          f"as many fine-tuning after pruning")
             else:
                 c.note = (f"{_epochs_text(scratch_epochs)} from scratch, "
                           f"{_epochs_text(tuned_epochs)} fine-tuning after pruning")
@@ -347,16 +346,29 @@ def scratch_vs_finetuned(records: list[RunRecord]) -> list[Comparison]:
     return out
 
 
+def _pairs(made: list[RunRecord], tuned: list[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
+    """A scratch run and a fine-tune run of one prune run, one prune count and one seed; each
+    run in one pair at most."""
+    pairs, used = [], set()
+    for m in made:
+        for t in tuned:
+            if (t.run_id not in used and m.prune_run_id and m.prune_run_id == t.prune_run_id
+                    and m.prunes is not None and m.prunes == t.prunes and m.seed == t.seed
+                    and m.test_error is not None and t.test_error is not None):
+                pairs.append((m, t))
+                used.add(t.run_id)
+                break
+    return pairs
+
+
 def _train_epochs(record: RunRecord) -> float | None:
     """The epochs of this run's own training (a finetune run's without what came before)."""
-    if record.stage == "finetune" and record.epochs is not None:
-        return record.epochs - (record.prior_epochs or 0.0)
-    return record.epochs
+    return record.own_epochs if record.stage == "finetune" else record.epochs
 
 
-def _epochs_text(values: set[float | None]) -> str:
-    known = sorted(v for v in values if v is not None)
-    return "/".join(f"{v:g}" for v in known) + " epochs" if known else "unknown epochs"
+def _epochs_text(values: list[float | None], unit: str = " epochs") -> str:
+    known = sorted({round(v, 6) for v in values if v is not None})
+    return "/".join(f"{v:g}" for v in known) + unit if known else "unknown" + unit
 
 
 def family_vs_pruned(records: list[RunRecord]) -> list[Comparison]:
@@ -403,16 +415,18 @@ def latency_pruned_vs_reduced(records: list[RunRecord]) -> list[Comparison]:
 
 
 def _timed_pairs(timed: list[RunRecord], by_id: dict[str, RunRecord]) -> list[list[RunRecord]]:
-    """Evaluate runs grouped by the configurations they timed (the pruned network's and the
-    reduced one's), one per seed: seeds whose pruned networks reached other sizes, each timed
-    beside the reduced network nearest its own, are replicates of one comparison. An
-    evaluation whose sources are not among the records stands on its own key."""
+    """Evaluate runs grouped by what they timed (the pruned network's and the reduced one's
+    configurations, the batch, the device, a checkpoint asked for), one per seed: seeds whose
+    pruned networks reached other sizes, each timed beside the reduced network nearest its own,
+    are replicates of one comparison, whatever their own keys. An evaluation whose sources are
+    not among the records stands on its own key."""
     def configuration(r: RunRecord) -> str:
         source, matched = by_id.get(r.source_run_id), by_id.get(r.matched_run_id)
         if source is None or matched is None:
             return r.replicate
-        return f"{source.replicate}|{matched.replicate}|{r.batch_size}"
-    return replicate_groups([replace(r, replicate=configuration(r)) for r in timed])
+        return "|".join((source.replicate, matched.replicate, str(r.batch_size), r.device,
+                         str(r.prunes)))
+    return replicate_groups(timed, configuration)
 
 
 def answer_metrics(answers: list[Answer]) -> dict[str, float]:

@@ -54,6 +54,8 @@ class RunRecord:
     init: str = "fresh"                   # scratch and family members: fresh or sliced
     prunes: int | None = None             # scratch and finetune: the prune count taken
     prior_epochs: float | None = None     # finetune: the epochs before it (base + pruning)
+    own_epochs: float | None = None       # finetune: its own epochs (what Scratch-E matches)
+    device: str = ""                      # evaluate: the device it timed on
     round_to: int = 1                     # prune: channels per prune
     base_run_id: str = ""
     prune_run_id: str = ""
@@ -178,15 +180,18 @@ def _train_group(r: RunRecord, base_ids: set[str], bases: list[ArchSpec]) -> str
     return "Full network"
 
 
-def replicate_groups(records: list[RunRecord]) -> list[list[RunRecord]]:
-    """Runs grouped by configuration (their key without the seed), one run per seed (the
-    newest: a configuration run twice with one seed is not two replicates), each group in seed
-    order and the groups in the order their first run came."""
+def replicate_groups(records: list[RunRecord],
+                     configuration=lambda r: r.replicate) -> list[list[RunRecord]]:
+    """Runs grouped by configuration (their key without the seed, or what `configuration`
+    says of them), one run per seed (the newest: a configuration run twice with one seed is not
+    two replicates), each group in seed order and the groups in the order their first run
+    came."""
     newest: dict[tuple[str, int | None], RunRecord] = {}
     for r in records:
-        seen = newest.get((r.replicate, r.seed))
+        key = (configuration(r), r.seed)
+        seen = newest.get(key)
         if seen is None or r.start_time > seen.start_time:
-            newest[(r.replicate, r.seed)] = r
+            newest[key] = r
     groups: dict[str, list[RunRecord]] = {}
     for (replicate, _), r in newest.items():
         groups.setdefault(replicate, []).append(r)

@@ -153,7 +153,7 @@ def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunReco
     elif stage == contract.FINETUNE:
         epochs, before = _float(params.get("epochs")), _float(params.get("prior_epochs"))
         record.epochs = epochs + (before or 0.0) if epochs is not None else None
-        record.prior_epochs = before
+        record.prior_epochs, record.own_epochs = before, epochs
     elif stage == contract.PRUNE:
         base = bases.get(record.base_run_id)
         if base is None and record.base_run_id:
@@ -173,6 +173,7 @@ def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunReco
         size = _float(params.get("batch_size"))
         record.batch_size = int(size) if size is not None else None
         record.matched_params = metrics.get("matched_params")
+        record.device = params.get("device", "")
     return record
 
 

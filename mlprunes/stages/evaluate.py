@@ -108,6 +108,7 @@ def run(job: EvaluateJob, parent_run_id: str | None = None,
             tracking.delete_tag(ev.info.run_id, contract.TAG_CONFIG)
             tracking.delete_tag(ev.info.run_id, contract.TAG_REPLICATE)
         tracking.log_params({"run_id": job.run_id, "checkpoint": artifact,
+                             "prunes": job.prunes if job.prunes is not None else "",
                              "match_run_id": job.match_run_id or "", "seed": job.run.seed,
                              "batch_size": job.batch_size, "repeats": job.repeats,
                              "device": str(device), **contract.arch_params(compact.spec)})

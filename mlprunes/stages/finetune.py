@@ -15,6 +15,7 @@ from mlprunes.errors import StageError
 from mlprunes.jobs import FINETUNE_TAGS, FinetuneJob
 from mlprunes.pruning import compress
 from mlprunes.stages import contract, tracking
+from mlprunes.stages.common import say
 from mlprunes.stages.trained import Training, epoch_factor, prepare, scratch_epochs, train_in_run
 
 
@@ -83,10 +84,13 @@ def prior_training(source: contract.PrunedSource, prunes: int) -> dict[str, floa
     pruning's fine-tuning so far, in epochs and in training MACs (the prune run's own
     accounts, logged at each checkpoint)."""
     base_epochs = float(source.base_run.data.params.get("epochs") or 0)
-    epochs = tracking.metric_steps(source.run_id, "finetune_epochs").get(prunes, 0.0)
-    macs = tracking.metric_steps(source.run_id, "train_macs").get(
-        prunes, source.base_run.data.metrics.get("train_macs", 0.0))
-    return {"epochs": base_epochs + epochs, "train_macs": macs}
+    epochs = tracking.metric_steps(source.run_id, "finetune_epochs").get(prunes)
+    macs = tracking.metric_steps(source.run_id, "train_macs").get(prunes)
+    if epochs is None or macs is None:  # a prune run that logged no accounts there
+        say(f"[finetune] prune run {source.run_id} logged no training account at {prunes} "
+            f"prunes; its fine-tuning so far is not counted in this run's train_macs")
+    return {"epochs": base_epochs + (epochs or 0.0), "train_macs": macs if macs is not None
+            else source.base_run.data.metrics.get("train_macs", 0.0)}
 
 
 def description(source: contract.PrunedSource, prunes: int, recipe, budget: str,

@@ -84,7 +84,8 @@ def run(job: PruneJob, parent_run_id: str | None = None,
             if resume_run_id is not None:
                 start, curve = _resume(run_id, trainer, pruner, tmp)
                 logged_through = tracking.last_logged_step(run_id, "val_error")
-            share = finetune_share(job.prunes, job.prune_every, recipe.batch_size,
+            # The loop fine-tunes before each prune and once more after the last.
+            share = finetune_share(job.prunes + 1, job.prune_every, recipe.batch_size,
                                    float(base_run.data.params.get("epochs") or 0),
                                    len(splits.train))
             tracking.describe_run(description(job, spec, label, share))
