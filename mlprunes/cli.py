@@ -265,7 +265,12 @@ def recipe_group(pruning: bool, finetune: bool = False) -> OptionGroup:
                           "preset's]."),
         click.option("--pad", type=click.Choice(["zero", "reflect"]), default=None,
                      help=texts["pad"]),
-    ], lambda o: RecipeChoice(**o), what)
+    ] + ([] if pruning or finetune else [
+        click.option("--bn-l1", type=float, default=None, metavar="LAMBDA",
+                     help="Network slimming (Liu et al. 2017): an L1 penalty of LAMBDA on every "
+                          "BatchNorm scale, for pruning by --criterion bn-scale (they use "
+                          "1e-4 to 1e-5) [default: 0, none]."),
+    ]), lambda o: RecipeChoice(**o), what)
 
 
 RECIPE = recipe_group(pruning=False)

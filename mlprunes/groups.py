@@ -599,6 +599,8 @@ class ChannelGroup:
         self._identity = [len(m.index) == info.width == _channels(modules[m.module])
                           and list(m.index) == list(m.root) == list(range(info.width))
                           for m in info.masked]
+        self._members = [(modules[m.module], m.role, torch.tensor(m.index), torch.tensor(m.root))
+                         for m in info.members]
         self._pending: torch.Tensor | None = None
         self._outstanding = 0    # outputs observed in this forward whose gradient is to come
         self._placed: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -635,6 +637,25 @@ class ChannelGroup:
     def filters(self) -> torch.Tensor:
         """Each channel's filter in the module the group is named after, one row per channel."""
         return self._root.weight.detach().flatten(1)
+
+    def parts(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Every weight the group's channels carry, as (kind, rows, group channel of each row),
+        one entry per member layer, as Torch-Pruning's group importance reads them: a conv or
+        linear layer's output rows ("out"), a BatchNorm's scales ("bn"), a consumer's input
+        columns ("in"; a linear layer after a flatten has several per channel)."""
+        out = []
+        for module, role, index, root in self._members:
+            weight = module.weight.detach()
+            index, root = index.to(weight.device), root.to(weight.device)
+            if isinstance(module, nn.BatchNorm2d):
+                if module.affine:
+                    out.append(("bn", weight.index_select(0, index)[:, None], root))
+            elif role == "out" or _depthwise(module):   # a depthwise conv's channels: rows
+                out.append(("out", weight.index_select(0, index).flatten(1), root))
+            else:
+                out.append(("in", weight.transpose(0, 1).index_select(0, index).flatten(1),
+                            root))
+        return out
 
     def observe(self, callback: PerSampleObserver | None) -> None:
         """Call `callback` once per backward pass with the (N, width) per-sample sums over

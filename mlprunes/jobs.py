@@ -119,6 +119,14 @@ class RecipeChoice:
     milestones: tuple[float, ...] | None = None
     gamma: float | None = None
     pad: str | None = None
+    bn_l1: float | None = None
+
+    def key_settings(self) -> dict[str, Any]:
+        """Every field, `bn_l1` only when given: jobs made before it existed keep their keys."""
+        data = {f.name: key_settings(getattr(self, f.name)) for f in fields(self)}
+        if self.bn_l1 is None:
+            data.pop("bn_l1")
+        return data
 
     def resolve(self, default_preset: str, pruning: bool = False) -> Recipe:
         overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset"}

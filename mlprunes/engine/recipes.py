@@ -24,6 +24,15 @@ class Recipe:
     gamma: float = 0.1                       # lr factor at each milestone
     nesterov: bool = False
     pad: str = "zero"                        # random-crop padding: "zero" | "reflect"
+    bn_l1: float = 0.0                       # network slimming: L1 on BatchNorm scales
+
+    def key_settings(self) -> dict[str, Any]:
+        """The recipe as a job's key sees it: every field, and `bn_l1` only when it is set, so
+        that runs made before it existed keep their keys."""
+        data = self.to_dict()
+        if not self.bn_l1:
+            data.pop("bn_l1")
+        return data
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
@@ -40,6 +49,9 @@ class Recipe:
         if self.gamma <= 0:
             raise ValueError(f"gamma (the lr factor at each milestone) must be > 0, got "
                              f"{self.gamma}")
+        if not (math.isfinite(self.bn_l1) and self.bn_l1 >= 0):
+            raise ValueError(f"bn_l1 (the L1 weight on BatchNorm scales) must be a finite "
+                             f"number >= 0, got {self.bn_l1}")
         if self.pad not in ("zero", "reflect"):
             raise ValueError(f"pad must be zero or reflect, got {self.pad!r}")
         if self.schedule not in ("step", "cosine", "constant"):
@@ -78,7 +90,8 @@ class Recipe:
                    weight_decay=float(params["weight_decay"]), schedule=params["schedule"],
                    milestones=tuple(json.loads(params["milestones"])),
                    gamma=float(params["gamma"]), nesterov=params["nesterov"] == "true",
-                   pad=params.get("pad") or "zero")   # runs from before pad was logged
+                   pad=params.get("pad") or "zero",   # runs from before pad was logged
+                   bn_l1=float(params.get("bn_l1") or 0.0))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -77,8 +77,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                x: torch.Tensor, y: torch.Tensor, lr: float, device: torch.device,
-               amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+               amp_dtype: torch.dtype | None, bn_scales: Sequence[torch.Tensor] = (),
+               bn_l1: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on one batch: set the lr, forward, cross-entropy, backward, update.
+    With `bn_l1`, network slimming's sparsity term (Liu et al., ICCV 2017): bn_l1 * sum |gamma|
+    over `bn_scales`, added as its subgradient bn_l1 * sign(gamma), as their code does.
     Returns the (detached) loss and logits, for running statistics."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -87,6 +90,10 @@ def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch
         loss = F.cross_entropy(out, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if bn_l1:
+        for gamma in bn_scales:
+            if gamma.grad is not None:
+                gamma.grad.add_(torch.sign(gamma.detach()), alpha=bn_l1)
     optimizer.step()
     return loss.detach(), out.detach()
 
@@ -116,6 +123,9 @@ class Trainer:
                                          weight_decay=recipe.weight_decay,
                                          nesterov=recipe.nesterov)
         self.position = Position()
+        # Network slimming's L1 term acts on every BatchNorm scale.
+        self._bn_scales = [m.weight for m in self.model.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
         self.progress = progress
         self.desc = desc
         # The compiled module shares parameters with self.model; state dicts come from the
@@ -145,7 +155,8 @@ class Trainer:
         for x, y in islice(self._stream(), steps):
             lr = self.lr
             loss, out = train_step(self._forward, self.optimizer, x, y, lr,
-                                   self.device, self.amp_dtype)
+                                   self.device, self.amp_dtype, self._bn_scales,
+                                   self.recipe.bn_l1)
             # Accumulated on the device: no host sync per step.
             loss_sum += loss * len(y)
             wrong += (out.argmax(1) != y).sum()

@@ -59,6 +59,17 @@ class PrunableBlock(nn.Module):
             return torch.zeros(0, 1)
         return self.conv1.weight.detach().flatten(1)
 
+    def parts(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Every weight the middle channels carry, as (kind, rows, channel of each row): the
+        first conv's filters ("out"), bn2's scales ("bn"), the second conv's input columns
+        ("in"). Magnitude criteria sum over them as over a traced network's channel group."""
+        if self.mid == 0:
+            return []
+        channels = torch.arange(self.mid, device=self.conv1.weight.device)
+        return [("out", self.conv1.weight.detach().flatten(1), channels),
+                ("bn", self.bn2.weight.detach()[:, None], channels),
+                ("in", self.conv2.weight.detach().transpose(0, 1).flatten(1), channels)]
+
     def observe(self, callback: Callable[[torch.Tensor], None] | None) -> None:
         """Call `callback` once per backward pass with the (N, mid) per-sample sums over
         positions of a * dL/da, a the masked middle activation; None stops observing."""

@@ -202,6 +202,140 @@ class L1SignedSaliency(Saliency):
         return [_filters(b).sum(dim=1) for b in blocks]
 
 
+def _group_sum(unit, value, kinds=("out", "bn", "in")) -> torch.Tensor:
+    """Each channel's sum of `value(rows)` over the unit's member layers of these kinds."""
+    total = torch.zeros(unit.mid, device=unit.mask.device)
+    for kind, rows, root in unit.parts():
+        if kind in kinds:
+            total.index_add_(0, root.to(total.device), value(rows).float().to(total.device))
+    return total
+
+
+def _active(unit, scores: torch.Tensor) -> torch.Tensor:
+    """The unit's channels still in (a masked channel keeps its weights, which must not weigh
+    in a criterion that compares a channel with the rest of its layer)."""
+    return unit.mask.to(scores.device).bool() if unit.masked else torch.ones_like(
+        scores, dtype=torch.bool)
+
+
+class L2Saliency(Saliency):
+    """Group L2 magnitude: for each channel, sqrt(sum w^2) over every weight its group carries
+    (the producing layers' filters, the BatchNorm scales, the consuming layers' input columns),
+    ranked across groups as they are.
+
+    Torch-Pruning's `GroupMagnitudeImportance(p=2)` sums the same squares per layer and reduces
+    the layers by their mean ("sum" and "mean" rank a group's channels alike); it then divides by
+    the group's mean (`normalizer="mean"`), a per-group scale we leave out, as `l1` does. It also
+    skips depthwise convs (their handler is not the one it tests for); we count their filters,
+    which are the channel's as much as any."""
+
+    name = "l2"
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        return [_group_sum(b, lambda rows: rows.pow(2).sum(dim=1)).sqrt() for b in blocks]
+
+
+class BNScaleSaliency(Saliency):
+    """Network slimming (Liu et al., ICCV 2017): |gamma|, the BatchNorm scale of each channel
+    (summed over the group's BatchNorms where a residual couples several), ranked across the
+    network. Meant for a base trained with an L1 penalty on the scales (`train --bn-l1`).
+
+    Torch-Pruning's `BNScaleImportance` takes the mean over the group's BatchNorms (the same
+    ranking within a group) and divides by the group's mean; a group without a BatchNorm is
+    refused here rather than scored zero."""
+
+    name = "bn-scale"
+
+    def attach(self, blocks: list[PrunableBlock]) -> None:
+        self._check(blocks)   # refused before any fine-tuning, not at the first prune
+
+    @staticmethod
+    def _check(blocks: list[PrunableBlock]) -> None:
+        for b in blocks:
+            if b.mid > 0 and not any(kind == "bn" for kind, _, _ in b.parts()):
+                raise ValueError(f"bn-scale ranks channels by their BatchNorm scale; group "
+                                 f"{getattr(b, 'name', '?')} has no BatchNorm (use another "
+                                 f"criterion, or --groups internal where that leaves it out)")
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        self._check(blocks)
+        return [_group_sum(b, lambda rows: rows.abs().sum(dim=1), kinds=("bn",))
+                for b in blocks]
+
+
+class LAMPSaliency(Saliency):
+    """LAMP (Lee et al., ICLR 2021), for channels: with s_i the group L2 magnitude squared
+    (sum w^2 over the group, as `l2`), a channel scores s_i / sum_{j active, s_j >= s_i} s_j:
+    its share of the magnitude of itself and every active channel of its group at least as
+    strong. A group's strongest channel scores 1, so groups compare on one scale.
+
+    Torch-Pruning's `LAMPImportance` applies the same rescaling to its group magnitude (a mean
+    over layers, which the ratio cancels): equal values on a network none of whose channels are
+    pruned yet. Ours takes only active channels into the sums, so a pruned channel's weights do
+    not inflate its group's tail."""
+
+    name = "lamp"
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        out = []
+        for b in blocks:
+            s = _group_sum(b, lambda rows: rows.pow(2).sum(dim=1))
+            active = _active(b, s)
+            score = torch.zeros_like(s)
+            values = s[active]
+            order = values.argsort()
+            tail = values[order].flip(0).cumsum(0).flip(0)   # sum of the ones at least as big
+            ranked = torch.empty_like(values)
+            ranked[order] = values[order] / tail.clamp_min(torch.finfo(s.dtype).tiny)
+            score[active] = ranked
+            out.append(score)
+        return out
+
+
+class FPGMSaliency(Saliency):
+    """FPGM (He et al., CVPR 2019): a filter near the geometric median of its layer's filters
+    is the most replaceable. As their code approximates it, each filter of the group's producing
+    layer scores sum_j ||F_i - F_j||_2 over the active filters j of that layer; the smallest
+    goes first.
+
+    Torch-Pruning's `FPGMImportance` measures distances between |W|^2 (not W) and adds the
+    consuming layers' columns too; we follow the paper, on the filters `l1` reads."""
+
+    name = "fpgm"
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        out = []
+        for b in blocks:
+            filters = _filters(b).float()
+            active = _active(b, filters.new_zeros(b.mid))
+            distances = torch.cdist(filters[None], filters[active][None])[0]
+            out.append(distances.sum(dim=1))
+        return out
+
+
+class TaylorSaliency(FisherSaliency):
+    """First-order Taylor (Molchanov et al., CVPR 2019), over a channel group: the squared
+    change of the loss to first order were the channel's gate m removed, (dL/dm)^2, with
+    dL/dm = sum_{n,hw} a * dL/da for the masked activation a (the gate folded into the
+    BatchNorm, it equals sum over gamma and beta of w * dL/dw, their grouped Taylor on the
+    group's affine weights). Accumulated over the fine-tuning steps since the last prune, as
+    Fisher is; Fisher sums the per-sample squares, Taylor squares the batch's sum.
+
+    Torch-Pruning's `GroupTaylorImportance` scores |w * dw| on every weight of the group from
+    the last gradient only; ours is Molchanov et al.'s gate form, averaged over steps."""
+
+    name = "taylor"
+
+    def _accumulate(self, index: int, per_sample: torch.Tensor) -> None:
+        step = per_sample.sum(dim=0).pow(2)
+        total = self._totals[index]
+        self._totals[index] = step if total is None else total.add_(step)
+        self._steps[index] += 1
+
+    def loss_increase(self, blocks):
+        raise ValueError("a FLOPs penalty weighs Fisher's loss estimate; use --criterion fisher")
+
+
 class RandomSaliency(Saliency):
     """Uniform random scores: a random active channel is pruned.
 
@@ -231,8 +365,9 @@ class RandomSaliency(Saliency):
 
 
 CRITERIA = {"fisher": FisherSaliency, "l1": L1Saliency, "l1-mean": L1MeanSaliency,
-            "l1-layer": L1LayerSaliency, "l1-signed": L1SignedSaliency,
-            "random": RandomSaliency}
+            "l1-layer": L1LayerSaliency, "l1-signed": L1SignedSaliency, "l2": L2Saliency,
+            "taylor": TaylorSaliency, "bn-scale": BNScaleSaliency, "fpgm": FPGMSaliency,
+            "lamp": LAMPSaliency, "random": RandomSaliency}
 
 
 def make_saliency(name: str, seed: int = 0, prunes_done: int = 0) -> Saliency:

@@ -150,7 +150,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
              "shapes_train": _integer(2, 10 ** 7), "shapes_test": _integer(1, 10 ** 7),
              "data_seed": _integer(0, 2 ** 32 - 1)},
     "network": {**NETWORK, "round_to": _integer(1, 1024)},
-    "train": {**_RECIPE, "epochs": _integer(1, 100000)},
+    "train": {**_RECIPE, "epochs": _integer(1, 100000), "bn_l1": _number(0)},
     "prune": {"criteria": _list_of(_one_of(CRITERIA), unique=True, empty=False),
               "prunes": _integer(1), "prune_every": _integer(1), "val_every": _integer(1),
               "save_every": _integer(1), "keep_one": _boolean,
@@ -177,7 +177,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
 }
 _SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles": "bottle"}
 _RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
-_REAL = {"data": ("val_split",), "network": ("width", "bottle"), "train": _RECIPE_REALS,
+_REAL = {"data": ("val_split",), "network": ("width", "bottle"),
+         "train": (*_RECIPE_REALS, "bn_l1"),
          "prune": _RECIPE_REALS, "baselines": ("widths", "bottles"), "family": (),
          "scratch": ("max_epoch_factor",), "finetune": _RECIPE_REALS}
 _PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one",

@@ -1,0 +1,262 @@
+"""The field's criteria on our unit interface: l2, bn-scale, lamp, fpgm and taylor, each on
+hand-built weights where its ranking is known, each checked against Torch-Pruning's class where
+that class computes the same thing (and, where we differ on purpose, the difference shown);
+network slimming's L1 term on BatchNorm scales."""
+
+import pytest
+import torch
+from torch import nn
+
+from mlprunes import arch
+from mlprunes.arch import make_spec
+from mlprunes.engine.recipes import preset
+from mlprunes.engine.trainer import train_step
+from mlprunes.nets import build, prunable_units
+from mlprunes.pruning import Pruner, make_saliency
+from mlprunes.pruning.saliency import CRITERIA
+
+NEW = ("l2", "bn-scale", "lamp", "fpgm", "taylor")
+
+
+def wrn_block0(spec=None):
+    """A masked WRN-10-1 and its first block with every middle weight zeroed."""
+    model = build(spec or arch.wrn(10, 1), masked=True)
+    block = prunable_units(model)[0]
+    with torch.no_grad():
+        block.conv1.weight.zero_()
+        block.bn2.weight.zero_()
+        block.conv2.weight.zero_()
+    return model, block
+
+
+def test_l2_is_the_group_norm_over_filters_bn_scales_and_consumer_columns():
+    model, block = wrn_block0()
+    with torch.no_grad():
+        block.conv1.weight[1].view(-1)[0] = 3.0           # channel 1: its filter
+        block.bn2.weight[2] = 4.0                         # channel 2: its BN scale
+        block.conv2.weight[0, 3, 0, :2] = 2.0               # channel 3: two input weights
+        block.bn2.weight[3] = 1.0
+    scores = make_saliency("l2").scores(prunable_units(model))[0]
+    assert scores[:4].tolist() == pytest.approx([0.0, 3.0, 4.0, 3.0])
+
+
+def test_bn_scale_is_the_absolute_batchnorm_scale():
+    model, block = wrn_block0()
+    with torch.no_grad():
+        block.bn2.weight[:3] = torch.tensor([-5.0, 0.5, 2.0])
+        block.conv1.weight.fill_(100.0)                  # weights do not count
+    scores = make_saliency("bn-scale").scores(prunable_units(model))[0]
+    assert scores[:3].tolist() == [5.0, 0.5, 2.0]
+
+
+def test_lamp_divides_by_the_active_channels_at_least_as_strong():
+    model, block = wrn_block0()
+    with torch.no_grad():
+        for channel, value in enumerate([1.0, 2.0, 3.0]):   # squares 1, 4, 9
+            block.bn2.weight[channel] = value
+    keep = torch.zeros(block.mid)
+    keep[:3] = 1
+    block.set_mask(keep)                                 # the rest pruned: out of the sums
+    scores = make_saliency("lamp").scores(prunable_units(model))[0]
+    assert scores[:3].tolist() == pytest.approx([1 / 14, 4 / 13, 1.0])
+    assert scores[3:].abs().sum() == 0
+
+
+def test_fpgm_scores_the_geometric_median_lowest_among_active_filters():
+    model, block = wrn_block0()
+    with torch.no_grad():
+        block.conv1.weight.view(block.mid, -1)[:4, 0] = torch.tensor([0.0, 1.0, 10.0, 50.0])
+    mask = torch.ones(block.mid)
+    mask[3] = 0                                          # pruned: not in the median's layer
+    mask[4:] = 0
+    block.set_mask(mask)
+    scores = make_saliency("fpgm").scores(prunable_units(model))[0]
+    # distances to 0, 1 and 10: 0+1+10, 1+0+9, 10+9+0
+    assert scores[:3].tolist() == pytest.approx([11.0, 10.0, 19.0])
+    assert int(scores[:3].argmin()) == 1
+
+
+def test_taylor_is_the_squared_gate_gradient_which_is_bn_affine_w_dw():
+    torch.manual_seed(0)
+    model = build(arch.wrn(10, 1), masked=True)
+    units = prunable_units(model)
+    taylor = make_saliency("taylor")
+    taylor.attach(units)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()
+    bn = units[0].bn2
+    gate = bn.weight.detach() * bn.weight.grad + bn.bias.detach() * bn.bias.grad
+    assert torch.allclose(taylor.scores(units)[0], gate.pow(2), rtol=1e-4, atol=1e-12)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()   # accumulated, as Fisher is
+    assert torch.allclose(taylor.scores(units)[0], 2 * gate.pow(2), rtol=1e-4, atol=1e-12)
+    taylor.reset()
+    assert taylor.scores(units)[0].abs().sum() == 0
+    taylor.detach()
+
+
+TRACED = {"resnet": dict(family="resnet", depth=8), "mobilenet": dict(
+    family="torchvision:mobilenet_v2", args={"width_mult": 0.25}),
+          "vgg": dict(family="vgg", depth=11)}
+
+
+@pytest.mark.parametrize("network", sorted(TRACED))
+@pytest.mark.parametrize("criterion", NEW)
+def test_every_new_criterion_prunes_every_kind_of_network_with_round_to_and_keep_one(
+        network, criterion):
+    spec = make_spec(**TRACED[network], num_classes=10, input_size=16)
+    model = build(spec, masked=True)
+    pruner = Pruner(model, make_saliency(criterion), keep_one=True, round_to=1,
+                    image_size=(16, 16))
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    for _ in range(3):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        pruner.prune()
+    pruner.detach()
+    assert len(pruner.history) == 3
+    assert sum(int(u.mask.sum()) for u in prunable_units(model)) == spec.prunable_channels - 3
+
+
+@pytest.mark.parametrize("criterion", NEW)
+def test_every_new_criterion_prunes_a_wrn_by_blocks_of_r(criterion):
+    spec = arch.wrn(10, 1).rounded(4)
+    model = build(spec, masked=True)
+    pruner = Pruner(model, make_saliency(criterion), round_to=4, image_size=(8, 8))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    pruner.prune()
+    pruner.detach()
+    widths = [int(u.mask.sum()) for u in prunable_units(model)]
+    assert sum(widths) == spec.prunable_channels - 4 and all(w % 4 == 0 for w in widths)
+
+
+def test_bn_scale_refuses_a_group_without_batchnorm(monkeypatch):
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent)
+    monkeypatch.syspath_prepend(here)
+    monkeypatch.setenv("MLPRUNES_ALLOWED_MODULES", "cnn_zoo")
+    spec = make_spec("cnn_zoo:branchy", num_classes=10, input_size=16, groups="all")
+    units = [u for u in prunable_units(build(spec, masked=True))
+             if not any(kind == "bn" for kind, _, _ in u.parts())]
+    assert [u.name for u in units] == ["hidden"]      # a linear layer with no BatchNorm
+    with pytest.raises(ValueError, match="hidden has no BatchNorm"):
+        make_saliency("bn-scale").scores(units)
+    with pytest.raises(ValueError, match="hidden has no BatchNorm"):   # before any training
+        Pruner(build(spec, masked=True), make_saliency("bn-scale"), image_size=(16, 16))
+
+
+# -- against Torch-Pruning -----------------------------------------------------------------------
+
+def peer_groups(spec):
+    """Our masked network, its units, and Torch-Pruning's group for each, on an unmasked copy
+    with the same weights."""
+    import torch_pruning as tp
+
+    torch.manual_seed(1)
+    plain = build(spec)
+    masked = build(spec, masked=True)
+    masked.load_state_dict(plain.state_dict(), strict=False)
+    units = prunable_units(masked)
+    modules = dict(plain.named_modules())
+    graph = tp.DependencyGraph().build_dependency(plain, example_inputs=torch.randn(1, 3, 16, 16))
+    groups = []
+    for unit in units:
+        root = modules[unit.name]
+        fn = (tp.prune_conv_out_channels if isinstance(root, nn.Conv2d)
+              else tp.prune_linear_out_channels)
+        groups.append(graph.get_pruning_group(root, fn, idxs=list(range(unit.mid))))
+    return units, groups
+
+
+@pytest.mark.parametrize("network", ["resnet", "mobilenet"])
+def test_magnitude_bn_scale_and_lamp_equal_torch_prunings_classes(network):
+    import torch_pruning as tp
+
+    spec = make_spec(**TRACED[network], num_classes=10, input_size=16)
+    units, groups = peer_groups(spec)
+    if network == "mobilenet":   # the same, once the depthwise convs Torch-Pruning skips go
+        for unit in units:
+            unit._members = [m for m in unit._members
+                             if not (isinstance(m[0], nn.Conv2d) and m[0].groups > 1)]
+    ours = {c: make_saliency(c).scores(units) for c in ("l2", "bn-scale", "lamp")}
+    theirs = {
+        # sum of squares over the group's layers; ours is its square root
+        "l2": tp.importance.GroupMagnitudeImportance(p=2, group_reduction="sum",
+                                                     normalizer=None),
+        "bn-scale": tp.importance.BNScaleImportance(group_reduction="sum", normalizer=None),
+        "lamp": tp.importance.LAMPImportance(p=2, group_reduction="sum"),
+    }
+    for unit, group, k in zip(units, groups, range(len(units))):
+        l2 = theirs["l2"](group)
+        assert torch.allclose(ours["l2"][k].pow(2), l2, rtol=1e-5), unit.name
+        assert torch.allclose(ours["bn-scale"][k], theirs["bn-scale"](group), rtol=1e-5)
+        assert torch.allclose(ours["lamp"][k], theirs["lamp"](group), rtol=1e-4), unit.name
+
+
+def test_fpgm_differs_from_torch_prunings_on_purpose():
+    """Torch-Pruning measures distances between |W|^2 of every member layer; He et al. (and we)
+    between the producing layer's filters W: the rankings part on a real network."""
+    import torch_pruning as tp
+
+    spec = make_spec(**TRACED["resnet"], num_classes=10, input_size=16)
+    units, groups = peer_groups(spec)
+    ours = make_saliency("fpgm").scores(units)
+    theirs = tp.importance.FPGMImportance(group_reduction="sum", normalizer=None)
+    differ = 0
+    for unit, group, score in zip(units, groups, ours):
+        filters = unit.filters()
+        by_hand = torch.cdist(filters[None], filters[None])[0].sum(1)
+        assert torch.allclose(score, by_hand, rtol=1e-5)
+        differ += not torch.equal(score.argsort(), theirs(group).argsort())
+    assert differ > 0
+
+
+def test_the_criteria_are_named_and_new_ones_need_no_flops_penalty():
+    assert set(NEW) <= set(CRITERIA)
+    with pytest.raises(ValueError, match="fisher"):
+        make_saliency("taylor").loss_increase([])
+
+
+# -- network slimming's sparsity term ----------------------------------------------------------
+
+def test_bn_l1_adds_lambda_sign_gamma_to_the_scales_gradients_only():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    x, y = torch.randn(4, 3, 5, 5), torch.randint(0, 2, (4,))
+    net(x)
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([1.0, -2.0, 0.5, -0.1]))
+    plain = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def step(bn_l1):
+        net.load_state_dict(plain)
+        opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        train_step(net, opt, x, y, 1.0, torch.device("cpu"), None, [net[1].weight], bn_l1)
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    without, with_l1 = step(0.0), step(0.1)
+    # gamma moves 0.1 * sign(gamma) further towards 0; nothing else changes
+    assert torch.allclose(without["1.weight"] - with_l1["1.weight"],
+                          0.1 * torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    for k in plain:
+        if k != "1.weight":
+            assert torch.equal(without[k], with_l1[k]), k
+
+
+def test_bn_l1_is_a_recipe_value_that_keys_only_when_set():
+    from mlprunes.jobs import RecipeChoice, TrainJob
+
+    spec = arch.wrn(10, 1)
+    recipe = preset("wrn")
+    assert TrainJob(spec=spec, recipe=recipe).key == TrainJob(
+        spec=spec, recipe=recipe.override(bn_l1=0.0)).key
+    assert TrainJob(spec=spec, recipe=recipe).key != TrainJob(
+        spec=spec, recipe=recipe.override(bn_l1=1e-4)).key
+    assert RecipeChoice().key_settings() == {f: None for f in (
+        "preset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+        "milestones", "gamma", "pad")}
+    with pytest.raises(ValueError, match="bn_l1"):
+        recipe.override(bn_l1=-1.0)
