@@ -260,3 +260,52 @@ def test_bn_l1_is_a_recipe_value_that_keys_only_when_set():
         "milestones", "gamma", "pad")}
     with pytest.raises(ValueError, match="bn_l1"):
         recipe.override(bn_l1=-1.0)
+
+
+# -- through the stages -------------------------------------------------------------------------
+
+def test_each_new_criterion_is_a_prune_run_and_bn_l1_a_train_option(store, tmp_path):
+    store_dir = tmp_path
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.stage_helpers import TINY_TRAIN, cli, read_artifact_text
+    from tests.test_stages import prune_args
+
+    client = MlflowClient()
+    slim = cli(*TINY_TRAIN, "--bn-l1", "1e-4").run_id
+    plain = cli(*TINY_TRAIN).run_id
+    assert client.get_run(slim).data.params["bn_l1"] == "0.0001"
+    assert client.get_run(plain).data.params["bn_l1"] == "0"
+    assert client.get_run(slim).data.tags["mlprunes.config_key"] != client.get_run(
+        plain).data.tags["mlprunes.config_key"]
+    for criterion in NEW:
+        run_id = cli(*prune_args(slim if criterion == "bn-scale" else plain, "--criterion",
+                                 criterion)).run_id
+        run = client.get_run(run_id)
+        assert run.data.tags["mlprunes.criterion"] == criterion
+        history = json.loads(read_artifact_text(run_id, "prune_history.json",
+                                                store_dir / run_id))
+        assert len(history) == 8 and len(set(history)) == 8
+    refused = cli(*prune_args(plain, "--criterion", "taylor", "--flops-penalty", "0.1"))
+    assert refused.exit_code != 0 and "use --criterion fisher" in refused.stderr
+
+
+def test_a_study_prunes_bn_scale_from_a_slimming_base_beside_the_plain_one(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tests.stage_helpers import all_runs, cli
+
+    sets = ("prune.criteria=['fisher', 'bn-scale'];prune.slimming=1e-4;evaluate.enabled=false;"
+            "family.budgets=[];baselines.reduced=[]")
+    pipeline = cli("pipeline", "--preset", "tiny", "--no-progress", "--set", sets).run_id
+    runs = {r.data.tags["mlflow.runName"]: r for r in all_runs()
+            if r.data.tags.get("mlflow.parentRunId") == pipeline}
+    assert runs["train-base-slimming"].data.params["bn_l1"] == "0.0001"
+    assert runs["train-base"].data.params["bn_l1"] == "0"
+    assert runs["prune-bn-scale"].data.tags["mlprunes.base_run_id"] == runs[
+        "train-base-slimming"].info.run_id
+    assert runs["prune-fisher"].data.tags["mlprunes.base_run_id"] == runs[
+        "train-base"].info.run_id
+    assert MlflowClient().get_run(pipeline).data.params["study.prune.slimming"] == "0.0001"

@@ -39,6 +39,8 @@ class StudyPlan:
     keep_one: bool = False
     round_to: int = 1                          # every width a multiple of this, throughout
     flops_penalty: float = 0.0                 # Theis et al.'s beta for the fisher criterion
+    slimming: float = 0.0                      # > 0: bn-scale prunes a base of its own, trained
+    #                                            with this L1 on BatchNorm scales (Liu et al.)
     scratch_prunes: tuple[int, ...] = ()       # prune counts whose architectures train anew
     scratch_params_budgets: tuple[int, ...] = ()   # or the first architectures this small
     scratch_budgets: tuple[str, ...] = ("scratch-e",)
@@ -112,8 +114,16 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
             run_name=f"train-{label}{suffix}"))
 
     base = train("base", base_spec)
+    bases = {c: base for c in plan.criteria}
+    if plan.slimming and "bn-scale" in plan.criteria:
+        # Network slimming prunes a base trained for it: the same network and recipe, with an
+        # L1 penalty on its BatchNorm scales.
+        bases["bn-scale"] = graph.add("base-slimming" + suffix, replace(
+            graph[base.node].job, recipe=replace(plan.train_recipe(base_spec.family),
+                                                 bn_l1=plan.slimming),
+            run_name=f"train-base-slimming{suffix}"))
     prunes = {c: graph.add(f"prune-{c}{suffix}", PruneJob(
-        base_run_id=base, criterion=c, prunes=plan.prunes, prune_every=plan.prune_every,
+        base_run_id=bases[c], criterion=c, prunes=plan.prunes, prune_every=plan.prune_every,
         save_every=plan.save_every, val_every=plan.val_every, keep_one=plan.keep_one,
         round_to=plan.round_to, flops_penalty=plan.flops_penalty if c == "fisher" else 0.0,
         recipe=RecipeChoice(**plan.prune_recipe), data=located, run=run, log_model=log_model,

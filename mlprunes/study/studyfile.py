@@ -154,7 +154,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "prune": {"criteria": _list_of(_one_of(CRITERIA), unique=True, empty=False),
               "prunes": _integer(1), "prune_every": _integer(1), "val_every": _integer(1),
               "save_every": _integer(1), "keep_one": _boolean,
-              "flops_penalty": _number(low=0), **_RECIPE},
+              "flops_penalty": _number(low=0), "slimming": _number(low=0), **_RECIPE},
     "scratch": {"prunes": _list_of(_integer(1), unique=True),
                 "params_budgets": _list_of(_integer(1), unique=True),
                 "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False),
@@ -178,11 +178,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
 _SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles": "bottle"}
 _RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
 _REAL = {"data": ("val_split",), "network": ("width", "bottle"),
-         "train": (*_RECIPE_REALS, "bn_l1"),
-         "prune": _RECIPE_REALS, "baselines": ("widths", "bottles"), "family": (),
+         "train": (*_RECIPE_REALS, "bn_l1"), "prune": (*_RECIPE_REALS, "slimming"),
+         "baselines": ("widths", "bottles"), "family": (),
          "scratch": ("max_epoch_factor",), "finetune": _RECIPE_REALS}
 _PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one",
-                   "flops_penalty")
+                   "flops_penalty", "slimming")
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -354,6 +354,9 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         raise StageError(f"{source}: network.round_to = {round_to} makes {base.name} wider than "
                          f"itself in some block ({list(base.mids)}), which scratch.init = "
                          f"\"sliced\" cannot cut from the full network; use init = \"fresh\"")
+    if schedule.get("slimming") and "bn-scale" not in schedule.get("criteria", ()):
+        raise StageError(f"{source}: prune.slimming trains a base for network slimming's "
+                         f"bn-scale criterion; the criteria have no bn-scale")
     if schedule.get("flops_penalty") and "fisher" not in schedule.get("criteria", ("fisher",)):
         raise StageError(f"{source}: prune.flops_penalty weighs Fisher's estimated loss "
                          f"increase against FLOPs; the criteria have no fisher")
@@ -377,6 +380,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         prune_every=schedule.get("prune_every", 100), val_every=schedule.get("val_every", 10),
         save_every=schedule.get("save_every", 100), keep_one=schedule.get("keep_one", False),
         round_to=round_to, flops_penalty=float(schedule.get("flops_penalty", 0.0)),
+        slimming=float(schedule.get("slimming", 0.0)),
         scratch_prunes=tuple(scratch.get("prunes", ())),
         scratch_params_budgets=tuple(scratch.get("params_budgets", ())),
         scratch_budgets=tuple(scratch.get("budgets", ("scratch-e",))),
@@ -459,6 +463,8 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
         tree["network"]["round_to"] = plan.round_to
     if plan.flops_penalty:
         tree["prune"]["flops_penalty"] = plan.flops_penalty
+    if plan.slimming:
+        tree["prune"]["slimming"] = plan.slimming
     if plan.finetune_criteria is not None:
         tree["finetune"]["criteria"] = list(plan.finetune_criteria)
     if plan.max_epoch_factor is not None:  # TOML has no null: absent means no cap
