@@ -495,6 +495,9 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
 @click.option("--prunes", type=int, default=None, help="Use the architecture after N prunes.")
 @click.option("--params-budget", type=int, default=None,
               help="Or: the first architecture with at most P parameters.")
+@click.option("--macs-reduction", type=float, default=None, metavar="R",
+              help="Or: the architecture at the saved checkpoint nearest R times fewer MACs "
+                   "than the prune run's start (where a leaderboard reads it).")
 @click.option("--budget", type=click.Choice(BUDGETS), default="scratch-e", show_default=True,
               help="scratch-e: the base run's epochs; scratch-b: the base run's epochs times "
                    "its FLOPs over this network's (the integer part), the same training "
@@ -506,14 +509,16 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
 @log_model_option
 @resume_option("scratch")
 @stage_command
-def scratch(prune_run_id, prunes, params_budget, budget, max_epoch_factor, init,
+def scratch(prune_run_id, prunes, params_budget, macs_reduction, budget, max_epoch_factor, init,
             run: RunConfig, run_name, log_model, resume_run_id):
     """Train a pruned architecture from a fresh init (the paper's 'from scratch')."""
     from mlprunes.stages import scratch as stage
 
-    if (prunes is None) == (params_budget is None):
-        raise click.UsageError("give exactly one of --prunes and --params-budget")
+    if sum(v is not None for v in (prunes, params_budget, macs_reduction)) != 1:
+        raise click.UsageError("give exactly one of --prunes, --params-budget and "
+                               "--macs-reduction")
     job = ScratchJob(prune_run_id=prune_run_id, prunes=prunes, params_budget=params_budget,
+                     macs_reduction=macs_reduction,
                      budget=budget, max_epoch_factor=max_epoch_factor, init=init, run=run,
                      run_name=run_name, log_model=log_model)
     return stage.run(job, resume_run_id=resume_run_id)

@@ -195,6 +195,19 @@ class Job:
     """What all jobs share: a stage name, a key, and input runs."""
     stage: ClassVar[str]
     reusable: ClassVar[bool] = True   # may a finished run with the same key stand in for it?
+    # Fields added after runs were made with this stage: in the key only when set, so that
+    # those runs keep their keys.
+    keyed_when_set: ClassVar[tuple[str, ...]] = ()
+
+    def key_settings(self) -> dict[str, Any]:
+        """The fields that make the key (not those marked `setting()`, nor a later field left
+        unset)."""
+        out = {f.name: key_settings(getattr(self, f.name)) for f in fields(self)
+               if f.metadata.get("key", True)}
+        for name in self.keyed_when_set:
+            if getattr(self, name) is None:
+                out.pop(name)
+        return out
 
     @property
     def key(self) -> str:
@@ -315,7 +328,8 @@ class ScratchJob(Job):
     stage: ClassVar[str] = "scratch"
     prune_run_id: RunRef = _input()
     prunes: int | None = None                 # the architecture after this many prunes,
-    params_budget: int | None = None          # or the first with at most this many params
+    params_budget: int | None = None          # or the first with at most this many params,
+    macs_reduction: float | None = None       # or at the saved checkpoint nearest 1/R MACs
     budget: str = "scratch-e"
     max_epoch_factor: float | None = None     # Scratch-B: cap on epochs / base epochs
     init: str = "fresh"                       # fresh | sliced (from a full-network init)
@@ -323,10 +337,17 @@ class ScratchJob(Job):
     run: RunConfig = RunConfig()
     run_name: str | None = setting()
     log_model: bool = setting(True)
+    keyed_when_set: ClassVar[tuple[str, ...]] = ("macs_reduction",)
 
     def __post_init__(self) -> None:
-        if (self.prunes is None) == (self.params_budget is None):
-            raise StageError("give exactly one of --prunes and --params-budget")
+        if sum(v is not None for v in (self.prunes, self.params_budget,
+                                       self.macs_reduction)) != 1:
+            raise StageError("give exactly one of --prunes, --params-budget and "
+                             "--macs-reduction")
+        if self.macs_reduction is not None and not (math.isfinite(self.macs_reduction)
+                                                    and self.macs_reduction > 1):
+            raise StageError(f"--macs-reduction is how many times fewer MACs, more than 1, got "
+                             f"{self.macs_reduction}")
         _check_budget(self.budget, self.max_epoch_factor)
         _check_init(self.init)
         _at_least(self, ("prunes", "params_budget"), 0)

@@ -315,3 +315,76 @@ def test_equal_epochs_are_said_whatever_the_float_sums_and_pairs_keep_to_one_see
     tuned = next(c for c in answer_all(assign_groups(records))[1].comparisons
                  if "fine-tuned" in c.second)
     assert tuned.seeds == [0, 2] and 5.0 not in tuned.second_values
+
+
+# -- the leaderboard (question 5) ----------------------------------------------------------------
+
+def leaderboard_study():
+    """Two seeds of a base (1,000 MACs), a Fisher and a random prune run whose checkpoints
+    reach 2x and 4x fewer MACs, scratch runs of Fisher's architectures at 2x, and a uniform
+    network at 480 MACs."""
+    records = []
+    for s in range(2):
+        base = RunRecord(f"base{s}", f"train-base-s{s}", "train", spec=BASE, params=175_000,
+                         flops=1000, test_error=20.0, seed=s, replicate="BASE")
+        curves = {"fisher": [30.0 + s, 40.0 + s], "random": [33.0 + 2 * s, 50.0 + s]}
+        for criterion, (at2, at4) in curves.items():
+            records.append(RunRecord(
+                f"{criterion}{s}", f"prune-{criterion}-s{s}", "prune", criterion=criterion,
+                base_run_id=base.run_id, seed=s, replicate=criterion.upper(), test_curve=[
+                    CurvePoint(0, 175_000, 1000, 20.0, 30.0),
+                    CurvePoint(10, 120_000, 700, 25.0, 31.0),
+                    # the checkpoint nearest 500 MACs, then one nearest 250
+                    CurvePoint(20, 80_000, 520, at2, 32.0), CurvePoint(30, 50_000, 330, 35.0, 33.0),
+                    CurvePoint(40, 30_000, 240, at4, 34.0),
+                    CurvePoint(50, 20_000, 90, 99.0, 35.0)]))
+        records.append(RunRecord(f"scratch{s}", "scratch-fisher-x2", "scratch",
+                                 criterion="fisher", budget="scratch-e", prune_run_id=f"fisher{s}",
+                                 macs_reduction=2.0, params=80_000, flops=520,
+                                 test_error=[28.0, 27.0][s], seed=s, replicate="SCRATCH"))
+        if s == 0:   # a scratch run at 4x too: the reductions the study names are 2 and 4
+            records.append(RunRecord("scratch4", "scratch-fisher-x4", "scratch",
+                                     criterion="fisher", budget="scratch-e",
+                                     prune_run_id="fisher0", macs_reduction=4.0, params=30_000,
+                                     flops=240, test_error=36.0, seed=0, replicate="SCRATCH4"))
+        records.append(RunRecord(f"uniform{s}", "train-reduced-bottle0.4", "train",
+                                 spec=arch.wrn(16, 1, bottle=0.4), params=70_000, flops=480,
+                                 test_error=[26.0, 24.0][s], seed=s, replicate="UNIFORM"))
+        records.append(base)
+    return assign_groups(records)
+
+
+def test_the_leaderboard_reads_each_criterion_at_the_checkpoint_nearest_each_reduction():
+    from mlprunes.report.answers import leaderboard
+
+    rows = {(r.criterion, r.reduction): r for r in leaderboard(leaderboard_study())}
+    fisher2 = rows[("fisher", 2.0)]
+    assert fisher2.errors == [30.0, 31.0] and fisher2.seeds == [0, 1]
+    assert fisher2.reached == pytest.approx([1000 / 520] * 2)
+    m, low, high = fisher2.interval()
+    assert m == 30.5 and low == pytest.approx(30.5 - 12.7062047 * 0.5)   # t(1), sd/sqrt(2)
+    assert fisher2.scratch == [28.0, 27.0]
+    assert fisher2.uniform == 25.0 and fisher2.uniform_reduction == pytest.approx(1000 / 480)
+    assert rows[("fisher", 4.0)].errors == [40.0, 41.0]          # 240 MACs, not 330 nor 90
+    assert rows[("fisher", 4.0)].scratch == [36.0]               # seed 0's alone
+    assert rows[("fisher", 4.0)].uniform is None                 # 480 MACs: not near 250
+    assert {r for _, r in rows} == {2.0, 4.0}                    # the reductions named
+    from mlprunes.report.answers import at_reduction
+    fisher0 = next(r for r in leaderboard_study() if r.run_id == "fisher0")
+    assert at_reduction(fisher0, 8.0) == (99.0, pytest.approx(1000 / 90))   # 90 vs 125: near
+    assert at_reduction(fisher0, 32.0) is None                  # 90 vs 31: beyond 1.5x
+
+
+def test_question_5_pairs_each_criterion_with_random_by_seed():
+    answers = answer_all(leaderboard_study())
+    q5 = answers[4]
+    assert q5.question == 5 and "criterion prunes best" in q5.text
+    at2 = next(c for c in q5.comparisons if c.first == "Fisher at 2x fewer MACs")
+    assert at2.second == "Random at 2x fewer MACs"
+    assert at2.first_values == [30.0, 31.0] and at2.second_values == [33.0, 35.0]
+    assert at2.difference.paired and at2.difference.value == pytest.approx(-3.5)
+    assert "its architectures from scratch 27.50%" in at2.note
+    assert "uniform width 25.00% at 2.08x" in at2.note
+    assert not [c for c in q5.comparisons if c.first.startswith("Random")]
+    # no prune run with a test curve: no leaderboard, no fifth answer
+    assert len(answer_all([r for r in study() if r.stage != "prune"])) == 4

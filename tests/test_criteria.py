@@ -309,3 +309,40 @@ def test_a_study_prunes_bn_scale_from_a_slimming_base_beside_the_plain_one(store
     assert runs["prune-fisher"].data.tags["mlprunes.base_run_id"] == runs[
         "train-base"].info.run_id
     assert MlflowClient().get_run(pipeline).data.params["study.prune.slimming"] == "0.0001"
+
+
+def test_the_criteria_study_on_two_seeds_has_a_leaderboard_everywhere(store, tmp_path):
+    """The shipped criteria study, shrunk to seconds: its leaderboard (question 5) is in
+    answers.json, the report and the compare run's description."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.stage_helpers import all_runs, cli, read_artifact_text
+
+    sets = ("data.image_size=8;data.shapes_train=256;data.shapes_test=64;network.depth=10;"
+            "train.epochs=1;prune.prunes=100;prune.prune_every=1;prune.val_every=10;"
+            "prune.criteria=['fisher', 'bn-scale', 'random'];scratch.macs_reductions=[2, 4];"
+            "baselines.macs_reductions=[2];run.seeds=[0, 1];run.log_model=false")
+    pipeline = cli("pipeline", "--preset", "criteria", "--no-progress", "--set", sets).run_id
+    client = MlflowClient()
+    stages = sorted(r.data.tags.get("mlprunes.stage") for r in all_runs()
+                    if r.data.tags.get("mlflow.parentRunId") == pipeline)
+    # per seed: a base, a slimming base, a uniform baseline, 3 prunes, 3 x 2 scratch runs
+    assert stages.count("train") == 6 and stages.count("prune") == 6
+    assert stages.count("scratch") == 12
+    scratch = [r for r in all_runs() if r.data.tags.get("mlprunes.stage") == "scratch"]
+    assert {r.data.params["macs_reduction"] for r in scratch} == {"2", "4"}
+    compare = client.get_run(client.get_run(pipeline).data.tags["mlprunes.compare_run_id"])
+    answers = json.loads(read_artifact_text(compare.info.run_id, "answers.json", tmp_path / "a"))
+    q5 = next(a for a in answers if a["question"] == 5)
+    titles = {c["first"] for c in q5["comparisons"]}
+    assert titles == {f"{c} at {r}x fewer MACs" for c in ("Fisher", "BN scale") for r in (2, 4)}
+    for c in q5["comparisons"]:
+        assert c["seeds"] == [0, 1] and c["difference"]["paired"]
+        assert "from scratch" in c["note"]
+    report = read_artifact_text(compare.info.run_id, "report.html", tmp_path / "r")
+    assert 'id="leaderboard"' in report and "Uniform width" in report
+    assert "5. **Which criterion prunes best" in compare.data.tags["mlflow.note.content"]
+    plots = {f.path for f in client.list_artifacts(compare.info.run_id, "plots")}
+    assert "plots/leaderboard.png" in plots

@@ -131,10 +131,15 @@ def test_every_preset_makes_a_graph_whose_jobs_need_only_earlier_jobs(name):
         assert all(names.index(n) < names.index(node.name) for n in node.needs)
     stages = [node.job.stage for node in graph]
     assert stages.count("prune") == len(seeds) * len(study.criteria)
-    assert stages.count("scratch") == (len(seeds) * len(study.criteria)
-                                       * len(study.scratch_prunes) * len(study.scratch_budgets))
-    assert stages.count("train") == len(seeds) * (1 + len(study.baselines))
-    assert graph["scratch-" + study.criteria[0] + f"-p{study.scratch_prunes[0]}{s}"].needs == (
+    assert stages.count("scratch") == (len(seeds) * len(study.criteria) * len(study.scratch_budgets)
+                                       * (len(study.scratch_prunes)
+                                          + len(study.scratch_macs_reductions)))
+    slimming = 1 if study.slimming else 0       # a base of its own for bn-scale
+    assert stages.count("train") == len(seeds) * (1 + slimming + len(study.baselines)
+                                                  + len(study.uniform_macs_reductions))
+    point = (f"p{study.scratch_prunes[0]}" if study.scratch_prunes
+             else f"x{study.scratch_macs_reductions[0]:g}")
+    assert graph["scratch-" + study.criteria[0] + f"-{point}{s}"].needs == (
         "prune-" + study.criteria[0] + s,)
 
 

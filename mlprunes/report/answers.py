@@ -40,7 +40,10 @@ QUESTIONS = {
     2: "Is it the pruned weights or the pruned architecture that is valuable?",
     3: "Can one pruning run give a family of architectures, scaled to other sizes?",
     4: "At equal parameters, which runs faster: pruned or reduced?",
+    5: "Which criterion prunes best, at 2x, 4x and 8x fewer MACs? (the leaderboard)",
 }
+REDUCTIONS = (2.0, 4.0, 8.0)   # the leaderboard's, unless scratch runs name others
+NOT_REACHED = 1.5              # a checkpoint further than this ratio from the target is not it
 NO_INTERVAL = "one seed: no interval"
 NO_SPREAD = "no spread over seeds: no interval"
 NOT_SIGNIFICANT = "no significant difference"
@@ -141,8 +144,11 @@ def is_reduced(record: RunRecord) -> bool:
 
 
 def answer_all(records: list[RunRecord]) -> list[Answer]:
-    return [Answer(1, reduced_vs_pruned(records)), Answer(2, scratch_vs_pruned(records)),
-            Answer(3, family_vs_pruned(records)), Answer(4, latency_pruned_vs_reduced(records))]
+    answers = [Answer(1, reduced_vs_pruned(records)), Answer(2, scratch_vs_pruned(records)),
+               Answer(3, family_vs_pruned(records)),
+               Answer(4, latency_pruned_vs_reduced(records))]
+    board = leaderboard_vs_random(records)
+    return answers + ([Answer(5, board)] if board else [])
 
 
 def _finish(c: Comparison, difference: Difference, first_word: str, second_word: str,
@@ -465,3 +471,138 @@ def answers_markdown(answers: list[Answer]) -> str:
                        if c.first_budget or c.second_budget else "")
             lines.append(f"   - {c.title}{at}: {figure}{c.verdict}{trained}")
     return "\n".join(lines)
+
+
+# -- the leaderboard: criteria at fewer MACs -----------------------------------------------------
+
+@dataclass
+class BoardRow:
+    """One criterion at one MACs reduction, over seeds: its pruned network's test error at the
+    checkpoint nearest the target, the same architectures from scratch, and the uniform-width
+    network nearest the target's MACs."""
+    criterion: str
+    reduction: float
+    base: str = ""                  # the base configuration it pruned (its replicate key)
+    data: str = ""                  # and the data it was trained on
+    seeds: list[int | None] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)
+    reached: list[float] = field(default_factory=list)     # each checkpoint's actual reduction
+    scratch: list[float] = field(default_factory=list)
+    uniform: float | None = None
+    uniform_reduction: float | None = None
+    run_ids: list[str] = field(default_factory=list)
+
+    def interval(self) -> tuple[float, float | None, float | None]:
+        """The mean error and its 95% t interval (none from one seed or no spread)."""
+        from mlprunes.report.stats import t_quantile
+
+        m = mean(self.errors)
+        if len(self.errors) < 2 or std(self.errors) == 0:
+            return m, None, None
+        half = t_quantile(len(self.errors) - 1) * std(self.errors) / len(self.errors) ** 0.5
+        return m, m - half, m + half
+
+    def to_dict(self) -> dict[str, Any]:
+        m, low, high = self.interval()
+        return {**asdict(self), "mean": m, "low": low, "high": high,
+                "scratch_mean": mean(self.scratch) if self.scratch else None}
+
+
+def at_reduction(record: RunRecord, reduction: float) -> tuple[float, float] | None:
+    """A prune run's (test error, reduction reached) at its checkpoint nearest its base's MACs
+    over `reduction`, read at a checkpoint, never the best of several; None when no checkpoint
+    comes within NOT_REACHED of it."""
+    curve = [p for p in record.test_curve if p.flops]
+    if len(curve) < 2:
+        return None
+    base = curve[0].flops
+    target = base / reduction
+    point = min(curve[1:], key=lambda p: abs(math.log(p.flops / target)))
+    if max(point.flops / target, target / point.flops) > NOT_REACHED:
+        return None
+    return point.error, base / point.flops
+
+
+def leaderboard(records: list[RunRecord]) -> list[BoardRow]:
+    """Every prune configuration at each reduction (the scratch runs' `macs_reduction`s, or
+    2x, 4x and 8x), with its scratch runs at that reduction and the uniform-width baseline of
+    its data nearest the target."""
+    by_id = {r.run_id: r for r in records}
+    named = sorted({r.macs_reduction for r in records
+                    if r.stage == "scratch" and r.macs_reduction})
+    reductions = tuple(named) or REDUCTIONS
+    uniform = [r for r in records if r.stage == "train" and r.group in (
+        "Bottleneck", "Uniform width") and r.flops and r.test_error is not None]
+    rows = []
+    for runs in replicates(records, "prune"):
+        base = by_id.get(runs[0].base_run_id)
+        for reduction in reductions:
+            row = BoardRow(runs[0].criterion, reduction,
+                           base.replicate if base is not None else "", runs[0].data)
+            for r in runs:
+                read = at_reduction(r, reduction)
+                if read is None:
+                    continue
+                row.errors.append(read[0])
+                row.reached.append(read[1])
+                row.seeds.append(r.seed)
+                row.run_ids.append(r.run_id)
+            ids = set(row.run_ids)
+            row.scratch = [s.test_error for s in records if s.stage == "scratch"
+                           and s.prune_run_id in ids and s.test_error is not None
+                           and s.macs_reduction == reduction and s.budget == "scratch-e"]
+            if base is not None and base.flops:
+                target = base.flops / reduction
+                near = [u for u in uniform if u.data == base.data
+                        and max(u.flops / target, target / u.flops) <= NOT_REACHED]
+                if near:
+                    best = min(near, key=lambda u: abs(math.log(u.flops / target)))
+                    same = [u.test_error for u in near if u.replicate == best.replicate]
+                    row.uniform, row.uniform_reduction = mean(same), base.flops / best.flops
+            if row.errors:
+                rows.append(row)
+    return rows
+
+
+def leaderboard_vs_random(records: list[RunRecord]) -> list[Comparison]:
+    """Question 5: each criterion against random pruning at each reduction, paired by seed
+    (the two prune runs of one base), the leaderboard row's figures in the note."""
+    rows = leaderboard(records)
+    # Random pruning of the same base; else of a base on the same data (bn-scale prunes a
+    # base trained for it, beside the plain base random prunes).
+    randoms = {(row.base, row.reduction): row for row in rows if row.criterion == "random"}
+    randoms_on = {(row.data, row.reduction): row for row in rows if row.criterion == "random"}
+    out = []
+    for row in rows:
+        if row.criterion == "random":
+            continue
+        m, low, high = row.interval()
+        spread = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
+        note = (f"{criterion_name(row.criterion)} {m:.2f}%{spread} at "
+                f"{mean(row.reached):.2f}x fewer MACs")
+        if row.scratch:
+            note += f"; its architectures from scratch {mean(row.scratch):.2f}%"
+        if row.uniform is not None:
+            note += f"; uniform width {row.uniform:.2f}% at {row.uniform_reduction:.2f}x"
+        c = Comparison(5, slug(f"{row.criterion}_x{row.reduction:g}", row.criterion,
+                               f"{row.reduction:g}"),
+                       f"{criterion_name(row.criterion)} at {row.reduction:g}x fewer MACs",
+                       f"Random at {row.reduction:g}x fewer MACs", "% test error", None,
+                       note=note)
+        rand = randoms.get((row.base, row.reduction)) or randoms_on.get((row.data,
+                                                                          row.reduction))
+        if rand is not None:
+            theirs = dict(zip(rand.seeds, rand.errors))
+            for seed, error, run_id in zip(row.seeds, row.errors, row.run_ids):
+                if seed in theirs:
+                    c.first_values.append(error)
+                    c.second_values.append(theirs[seed])
+                    c.seeds.append(seed)
+                    c.run_ids.append(run_id)
+        if c.first_values:
+            _finish(c, paired_difference(c.first_values, c.second_values), row.criterion,
+                    "random")
+        else:
+            c.verdict = "no random prune run to compare with"
+        out.append(c)
+    return out

@@ -7,7 +7,7 @@ import html
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mlprunes.report.answers import Answer
+from mlprunes.report.answers import Answer, BoardRow, leaderboard
 from mlprunes.report.records import RunRecord, schedule_caveats
 from mlprunes.report.table import configurations, configurations_html, html_table, rows
 
@@ -50,6 +50,8 @@ CAPTIONS = {
     "q3": "Question 3: family members against the pruning test curve they were scaled from.",
     "q4": "Question 4: the pruned network and a reduced network of about its size, timed in "
           "turn by one evaluate run.",
+    "leaderboard": "The leaderboard: each criterion's test error at the checkpoints nearest 2x, "
+                   "4x and 8x fewer MACs (mean and 95% interval over seeds).",
 }
 
 
@@ -89,6 +91,33 @@ def answers_html(answers: list[Answer]) -> str:
                      f"{html.escape(a.text)}</h3><p><span class=\"verdict\">"
                      f"{html.escape(a.summary)}</span></p>{table}</section>")
     return "\n".join(parts)
+
+
+def leaderboard_html(rows: list[BoardRow]) -> str:
+    """The Leaderboard section: each criterion at each MACs reduction, mean test error and its
+    95% interval over seeds, beside its architectures from scratch and a uniform network."""
+    if not rows:
+        return ""
+    body = []
+    for row in sorted(rows, key=lambda r: (r.reduction, r.interval()[0])):
+        m, low, high = row.interval()
+        ci = f"[{low:.2f}, {high:.2f}]" if low is not None else ""
+        scratch = f"{sum(row.scratch) / len(row.scratch):.2f}" if row.scratch else ""
+        uniform = (f"{row.uniform:.2f} ({row.uniform_reduction:.2f}x)"
+                   if row.uniform is not None else "")
+        body.append(f"<tr><td>{row.reduction:g}x</td><td>{html.escape(row.criterion)}</td>"
+                    f"<td>{sum(row.reached) / len(row.reached):.2f}x</td><td>{m:.2f}</td>"
+                    f"<td>{ci}</td><td>{len(row.errors)}</td><td>{scratch}</td>"
+                    f"<td>{uniform}</td></tr>")
+    return ('<h2 id="leaderboard">Leaderboard</h2>\n<p class="meta">Test error (%) of each '
+            "criterion's pruned network at the checkpoint nearest each MACs reduction (read "
+            "there, never the best of several evaluations), mean and 95% interval over seeds; "
+            "beside it, the same architectures trained from scratch (Scratch-E) and the "
+            "uniform-width network nearest that many MACs. Question 5 compares each with "
+            "random pruning, paired by seed.</p>\n"
+            '<table class="answers"><thead><tr><th>Fewer MACs</th><th>Criterion</th>'
+            "<th>Reached</th><th>Mean</th><th>95% CI</th><th>n</th><th>From scratch</th>"
+            f"<th>Uniform width</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
 def caveats_html(records: list[RunRecord]) -> str:
@@ -142,6 +171,7 @@ def render(records: list[RunRecord], plots: dict[str, dict[str, Path]], title: s
 confidence interval over seeds (Welch's for question 1; paired by seed for 2 to 4). Negative
 differences favour the first.</p>
 {answers_html(list(answers))}
+{leaderboard_html(leaderboard(records))}
 {caveats_html(records)}
 <h2>Lowest error in each group (any size)</h2>
 <ul class="best">{best}</ul>

@@ -18,9 +18,9 @@ matplotlib.use("Agg")  # files only: no display, no GUI backend
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, LogLocator  # noqa: E402
 
-from mlprunes.report.answers import Answer, is_reduced  # noqa: E402
+from mlprunes.report.answers import Answer, is_reduced, leaderboard  # noqa: E402
 from mlprunes.report.pareto import pareto_front  # noqa: E402
-from mlprunes.report.records import RunRecord, replicate_groups  # noqa: E402
+from mlprunes.report.records import RunRecord, criterion_name, replicate_groups  # noqa: E402
 from mlprunes.report.stats import mean, mean_curve, std  # noqa: E402
 
 AXES = {
@@ -226,6 +226,38 @@ def draw_latency_answer(answer: Answer, out_dir: Path) -> dict[str, Path]:
     return _save(fig, out_dir, "q4_latency")
 
 
+def draw_leaderboard(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
+    """Each criterion's test error against the MACs reduction it reached (mean, 95% interval
+    over seeds as bars); the uniform-width networks as black crosses."""
+    rows = leaderboard(records)
+    if not rows:
+        return {}
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    for criterion in sorted({r.criterion for r in rows}):
+        mine = sorted((r for r in rows if r.criterion == criterion), key=lambda r: r.reduction)
+        xs = [mean(r.reached) for r in mine]
+        ys, bars = [], []
+        for r in mine:
+            m, low, _ = r.interval()
+            ys.append(m)
+            bars.append(m - low if low is not None else 0.0)
+        name = criterion_name(criterion)
+        colour, _ = style(f"{name} prune")
+        ax.errorbar(xs, ys, yerr=bars, marker="o", capsize=3, label=name, color=colour)
+    uniform = {(r.uniform_reduction, r.uniform) for r in rows if r.uniform is not None}
+    if uniform:
+        ax.scatter(*zip(*sorted(uniform)), marker="x", color="#000000", zorder=5,
+                   label="Uniform width")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("Fewer MACs than the base network (x)")
+    ax.set_ylabel(TEST)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=8)
+    ax.set_title("Leaderboard: criteria at fewer MACs (mean, 95% CI over seeds)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out_dir, "leaderboard")
+
+
 QUESTION_PLOTS = {
     1: ("Q1: pruned and fine-tuned vs reduced networks", "q1_pruned_vs_reduced",
         lambda r: r.stage in ("prune", "finetune") or is_reduced(r)),
@@ -265,6 +297,9 @@ def draw_all(records: list[RunRecord], out_dir: Path,
             paths = draw(series_for(chosen, "params"), "params", title, out_dir, stem=stem)
             if paths:
                 drawn[f"q{q}"] = paths
+    paths = draw_leaderboard(records, out_dir)
+    if paths:
+        drawn["leaderboard"] = paths
     for answer in answers:
         if answer.question == 4:
             paths = draw_latency_answer(answer, out_dir)

@@ -58,6 +58,7 @@ class RunRecord:
     own_epochs: float | None = None       # finetune: its own epochs (what Scratch-E matches)
     device: str = ""                      # evaluate: the device it timed on
     round_to: int = 1                     # prune: channels per prune
+    macs_reduction: float | None = None   # scratch: taken at the checkpoint nearest 1/R MACs
     base_run_id: str = ""
     prune_run_id: str = ""
     source_run_id: str = ""

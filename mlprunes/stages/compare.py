@@ -147,7 +147,8 @@ def record_for(client: MlflowClient, run: Run, bases: dict[str, Run]) -> RunReco
         replicate=tags.get(contract.TAG_REPLICATE, ""), start_time=run.info.start_time or 0,
         data=f"{params.get('dataset', '')}:{params.get('image_size', '')}",
         init=params.get("init") or "fresh", prunes=_int(params.get("prunes")),
-        round_to=_int(params.get("round_to")) or 1)
+        round_to=_int(params.get("round_to")) or 1,
+        macs_reduction=_float(params.get("macs_reduction")))
     if stage in contract.TRAINED:
         record.epochs = _float(params.get("epochs"))
     elif stage == contract.FINETUNE:

@@ -449,6 +449,17 @@ class PrunedSource:
             f"--params-budget {params_budget:,} is below the smallest network {where} "
             f"{self.run_id} reached ({smallest:,} params after {last} prunes)")
 
+    def prunes_nearest_macs(self, reduction: float, among: list[int], image_size) -> int:
+        """Of the prune counts `among` (those with a saved checkpoint), the one whose network's
+        MACs are nearest the starting network's over `reduction`, in ratio."""
+        from mlprunes.counting import count
+
+        target = count(self.spec, image_size).flops / reduction
+        if not among:
+            raise StageError(f"prune run {self.run_id} saved no checkpoint")
+        return min(sorted(among), key=lambda n: abs(math.log(
+            max(1.0, count(self.spec_at(n), image_size).flops) / target)))
+
     def lineage_tags(self) -> dict[str, str]:
         return {TAG_PRUNE_RUN: self.run_id, TAG_BASE_RUN: self.base_run.info.run_id,
                 TAG_CRITERION: self.prune_run.data.tags.get(

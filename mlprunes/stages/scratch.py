@@ -16,12 +16,19 @@ from mlprunes.stages.trained import epoch_factor, prepare, pruned_training, trai
 def run(job: ScratchJob, parent_run_id: str | None = None,
         resume_run_id: str | None = None) -> str:
     source = contract.load_pruned_source(job.prune_run_id)
-    prunes = (job.prunes if job.params_budget is None
-              else source.prunes_for_budget(job.params_budget))
+    data = job.data.over(contract.data_of(source.prune_run))
+    size = data.image_size or 32
+    if job.macs_reduction is not None:  # the checkpoint a leaderboard reads at that reduction
+        prunes = source.prunes_nearest_macs(job.macs_reduction,
+                                            contract.saved_prune_counts(source.run_id),
+                                            (size, size))
+    elif job.params_budget is not None:
+        prunes = source.prunes_for_budget(job.params_budget)
+    else:
+        prunes = job.prunes
     spec = source.spec_at(prunes)
     if resume_run_id is not None:
         contract.check_resumable(resume_run_id, job, parent_run_id)
-    data = job.data.over(contract.data_of(source.prune_run))
     prepared = prepare(pruned_training(source, spec, job.budget, data, job.run, job.log_model,
                                        label=job.stage, max_epoch_factor=job.max_epoch_factor,
                                        init=job.init, model_name=(
@@ -30,7 +37,6 @@ def run(job: ScratchJob, parent_run_id: str | None = None,
                                                               else ""))))
     name = job.run_name or (f"scratch-{source.criterion}-{source.spec.name}-p{prunes}"
                             + ("-sliced" if job.init == "sliced" else ""))
-    size = data.image_size or 32
     params = {"preset": contract.preset_of(source.base_run), "prune_run_id": source.run_id,
               "prunes": prunes, "budget": job.budget,
               "epoch_factor": epoch_factor(source.spec, spec, job.budget, (size, size),
@@ -38,6 +44,8 @@ def run(job: ScratchJob, parent_run_id: str | None = None,
               "max_epoch_factor": job.max_epoch_factor or "", "init": job.init}
     if job.params_budget is not None:
         params["params_budget"] = job.params_budget
+    if job.macs_reduction is not None:
+        params["macs_reduction"] = job.macs_reduction
     tags = {**source.lineage_tags(), contract.TAG_PRESET: params["preset"]}
     with contract.stage_run(job, name, tags, parent_run_id=parent_run_id,
                             resume_run_id=resume_run_id) as run:

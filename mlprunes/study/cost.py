@@ -148,6 +148,8 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
         base = graph[prune.base_run_id.node].job
         if job.prunes is not None:
             left = macs * (1 - job.prunes * prune.round_to / spec.prunable_channels)
+        elif getattr(job, "macs_reduction", None) is not None:
+            left = macs / job.macs_reduction
         else:
             left = macs * job.params_budget / count_params(spec)
         specs[name] = (spec, left, True)

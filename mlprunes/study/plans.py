@@ -43,6 +43,8 @@ class StudyPlan:
     #                                            with this L1 on BatchNorm scales (Liu et al.)
     scratch_prunes: tuple[int, ...] = ()       # prune counts whose architectures train anew
     scratch_params_budgets: tuple[int, ...] = ()   # or the first architectures this small
+    scratch_macs_reductions: tuple[float, ...] = ()  # or at the checkpoints nearest 1/R MACs
+    uniform_macs_reductions: tuple[float, ...] = ()  # uniform-width baselines at 1/R MACs
     scratch_budgets: tuple[str, ...] = ("scratch-e",)
     max_epoch_factor: float | None = None      # Scratch-B's cap (scratch runs and family)
     init: str = "fresh"                        # scratch runs and family: fresh | sliced
@@ -136,8 +138,9 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
             tag = "" if budget == "scratch-e" else "-b"
             points = [("p", {"prunes": n}) for n in plan.scratch_prunes]
             points += [("params", {"params_budget": n}) for n in plan.scratch_params_budgets]
+            points += [("x", {"macs_reduction": r}) for r in plan.scratch_macs_reductions]
             for letter, where in points:
-                point = f"{letter}{next(iter(where.values()))}"
+                point = f"{letter}{next(iter(where.values())):g}"
                 cap = plan.max_epoch_factor if budget == "scratch-b" else None
                 scratch.append(graph.add(f"scratch{tag}-{c}-{point}{suffix}", ScratchJob(
                     prune_run_id=prunes[c], **where, budget=budget, max_epoch_factor=cap,
@@ -161,7 +164,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     log_model=log_model,
                     run_name=f"finetune{tag}-{_label(plan, c)}-{point}{suffix}"))
     reduced = []
-    for overrides in plan.baselines:
+    uniform = [u for u in uniform_baselines(plan, base_spec) if u not in plan.baselines]
+    for overrides in (*plan.baselines, *uniform):
         spec = make_spec(**baseline_network(plan.arch, overrides),
                          num_classes=base_spec.num_classes,
                          input_size=plan.data.image_size).rounded(plan.round_to)
@@ -182,6 +186,26 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                               else None),
             run_name=f"family-{_label(plan, first)}-p{plan.prunes}{sliced}{suffix}"))
     return {"base": base, "pruned": prunes[first], "reduced": reduced}
+
+
+def uniform_baselines(plan: StudyPlan, base_spec: ArchSpec) -> list[dict[str, Any]]:
+    """For each of the plan's `uniform_macs_reductions` R, the base network with every
+    prunable width scaled by one factor (`bottle`), found so that its MACs are nearest 1/R of
+    the base's: the uniform-width network a leaderboard sets beside each criterion."""
+    from mlprunes.counting import count
+
+    size = (plan.data.image_size or 32,) * 2
+    target_of = count(base_spec, size).flops
+    out = []
+    for r in plan.uniform_macs_reductions:
+        low, high = 1e-3, 1.0
+        for _ in range(30):   # MACs grow with the factor: bisect on it
+            mid = (low + high) / 2
+            spec = make_spec(**{**plan.arch, "bottle": mid}, num_classes=base_spec.num_classes,
+                             input_size=plan.data.image_size).rounded(plan.round_to)
+            low, high = (mid, high) if count(spec, size).flops < target_of / r else (low, mid)
+        out.append({"bottle": round((low + high) / 2, 4)})
+    return out
 
 
 def baseline_network(network: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,8 @@ from mlprunes.errors import StageError
 from mlprunes.jobs import BUDGETS, CRITERIA, FINETUNE_BUDGETS, DataConfig
 from mlprunes.study.plans import StudyPlan, baseline_network
 
-PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100", "resnet-56", "vgg-16")
+PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100", "resnet-56", "vgg-16",
+                "criteria")
 
 # -- what each key may hold ----------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
               "flops_penalty": _number(low=0), "slimming": _number(low=0), **_RECIPE},
     "scratch": {"prunes": _list_of(_integer(1), unique=True),
                 "params_budgets": _list_of(_integer(1), unique=True),
+                "macs_reductions": _list_of(_number(above=1, high=10 ** 6), unique=True),
                 "budgets": _list_of(_one_of(BUDGETS), unique=True, empty=False),
                 "max_epoch_factor": _number(low=1), "init": _one_of(("fresh", "sliced"))},
     "finetune": {"prunes": _list_of(_integer(1), unique=True),
@@ -166,6 +168,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
                  **_RECIPE, "preset": _one_of(FINETUNE_PRESET_NAMES),
                  "epochs": _integer(1, 100000)},
     "baselines": {"reduced": _overrides, "depths": _list_of(_integer(1), unique=True),
+                  "macs_reductions": _list_of(_number(above=1, high=10 ** 6), unique=True),
                   "widths": _list_of(_number(above=0), unique=True),
                   "growths": _list_of(_integer(1), unique=True),
                   "bottles": _list_of(_number(above=0, high=1), unique=True)},
@@ -179,8 +182,8 @@ _SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles":
 _RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
 _REAL = {"data": ("val_split",), "network": ("width", "bottle"),
          "train": (*_RECIPE_REALS, "bn_l1"), "prune": (*_RECIPE_REALS, "slimming"),
-         "baselines": ("widths", "bottles"), "family": (),
-         "scratch": ("max_epoch_factor",), "finetune": _RECIPE_REALS}
+         "baselines": ("widths", "bottles", "macs_reductions"), "family": (),
+         "scratch": ("max_epoch_factor", "macs_reductions"), "finetune": _RECIPE_REALS}
 _PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one",
                    "flops_penalty", "slimming")
 
@@ -383,6 +386,8 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         slimming=float(schedule.get("slimming", 0.0)),
         scratch_prunes=tuple(scratch.get("prunes", ())),
         scratch_params_budgets=tuple(scratch.get("params_budgets", ())),
+        scratch_macs_reductions=tuple(scratch.get("macs_reductions", ())),
+        uniform_macs_reductions=tuple(tree.get("baselines", {}).get("macs_reductions", ())),
         scratch_budgets=tuple(scratch.get("budgets", ("scratch-e",))),
         finetune_prunes=tuple(finetune_points.get("prunes", ())),
         finetune_params_budgets=tuple(finetune_points.get("params_budgets", ())),
@@ -448,11 +453,13 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
                   **plan.prune_recipe},
         "scratch": {"prunes": list(plan.scratch_prunes),
                     "params_budgets": list(plan.scratch_params_budgets),
+                    "macs_reductions": list(plan.scratch_macs_reductions),
                     "budgets": list(plan.scratch_budgets), "init": plan.init},
         "finetune": {"prunes": list(plan.finetune_prunes),
                      "params_budgets": list(plan.finetune_params_budgets),
                      "budgets": list(plan.finetune_budgets), **plan.finetune_recipe},
-        "baselines": {"reduced": [dict(b) for b in plan.baselines]},
+        "baselines": {"reduced": [dict(b) for b in plan.baselines],
+                      "macs_reductions": list(plan.uniform_macs_reductions)},
         "family": {"budgets": list(plan.family_budgets), "budget": plan.family_budget},
         "evaluate": {"enabled": plan.evaluate, "batch_size": plan.evaluate_batch_size},
         "run": {"log_model": plan.log_model},
