@@ -588,7 +588,8 @@ class ChannelGroup:
     """One group of a masked network: its width, its mask (read through `mask`, written with
     `set_mask` or `drop`), the filters L1 criteria score, and the per-sample Fisher sums."""
 
-    def __init__(self, info: GroupInfo, modules: dict[str, nn.Module]):
+    def __init__(self, info: GroupInfo, modules: dict[str, nn.Module],
+                 model: nn.Module | None = None):
         self.name = info.name
         self.mid = info.width
         self.masked = True
@@ -599,8 +600,13 @@ class ChannelGroup:
         self._identity = [len(m.index) == info.width == _channels(modules[m.module])
                           and list(m.index) == list(m.root) == list(range(info.width))
                           for m in info.masked]
-        self._members = [(modules[m.module], m.role, torch.tensor(m.index), torch.tensor(m.root))
-                         for m in info.members]
+        # Every member, by name, found through the model when a criterion asks: a reference to
+        # each layer here would make copying the model walk it once per group (the observers
+        # lead back to the groups), past the stack on a DenseNet-121; the model is the root of
+        # any copy of it, so a copy's groups find the copy's layers.
+        self._model = model
+        self._member_names = [(m.module, m.role, torch.tensor(m.index), torch.tensor(m.root))
+                              for m in info.members]
         self._pending: torch.Tensor | None = None
         self._outstanding = 0    # outputs observed in this forward whose gradient is to come
         self._placed: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -634,11 +640,28 @@ class ChannelGroup:
         mask[channel] = 0
         self.set_mask(mask)
 
-    def filters(self) -> torch.Tensor:
-        """Each channel's filter in the module the group is named after, one row per channel."""
-        return self._root.weight.detach().flatten(1)
+    def filters(self, dead: DeadInputs | None = None) -> torch.Tensor:
+        """Each channel's filter in the module the group is named after, one row per channel;
+        the input columns of channels already pruned (`dead`) read as zeros."""
+        return _live(self._root, self._root.weight.detach(), dead).flatten(1)
 
-    def parts(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    def inputs(self) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+        """The layers that read this group's channels: (module, its input index, the group
+        channel of each), so that a criterion can leave pruned channels out of their filters."""
+        return [(module, index, root) for module, role, index, root in self._members
+                if role == "in" and not isinstance(module, nn.BatchNorm2d)
+                and not _depthwise(module)]
+
+    @property
+    def _members(self) -> list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]]:
+        if self._model is None:
+            raise ValueError("this channel group was made without its model")
+        modules = dict(self._model.named_modules())
+        return [(modules[name], role, index, root)
+                for name, role, index, root in self._member_names]
+
+    def parts(self, dead: DeadInputs | None = None) -> list[tuple[str, torch.Tensor,
+                                                                   torch.Tensor]]:
         """Every weight the group's channels carry, as (kind, rows, group channel of each row),
         one entry per member layer, as Torch-Pruning's group importance reads them: a conv or
         linear layer's output rows ("out"), a BatchNorm's scales ("bn"), a consumer's input
@@ -651,7 +674,8 @@ class ChannelGroup:
                 if module.affine:
                     out.append(("bn", weight.index_select(0, index)[:, None], root))
             elif role == "out" or _depthwise(module):   # a depthwise conv's channels: rows
-                out.append(("out", weight.index_select(0, index).flatten(1), root))
+                rows = _live(module, weight, dead).index_select(0, index)
+                out.append(("out", rows.flatten(1), root))
             else:
                 out.append(("in", weight.transpose(0, 1).index_select(0, index).flatten(1),
                             root))
@@ -699,6 +723,21 @@ class ChannelGroup:
             callback(total)
 
 
+# Per layer, the input channels whose producers are pruned: their weights stay (the masks act on
+# the producers' outputs) but carry nothing, so magnitude criteria read them as zeros.
+DeadInputs = dict[nn.Module, torch.Tensor]
+
+
+def _live(module: nn.Module, weight: torch.Tensor, dead: DeadInputs | None) -> torch.Tensor:
+    """`weight` with the columns of `module`'s dead inputs zeroed (a copy, only if any)."""
+    gone = dead.get(module) if dead else None
+    if gone is None or not len(gone) or _depthwise(module):
+        return weight
+    weight = weight.clone()
+    weight[:, gone.to(weight.device)] = 0
+    return weight
+
+
 def _channels(module: nn.Module) -> int:
     if isinstance(module, nn.BatchNorm2d):
         return module.num_features
@@ -726,7 +765,7 @@ def _install(model: nn.Module, infos: Sequence[GroupInfo]) -> list[ChannelGroup]
     for info in infos:
         for member in info.masked:
             _mask_module(modules[member.module], member.module)
-        groups.append(ChannelGroup(info, modules))
+        groups.append(ChannelGroup(info, modules, model))
     model.channel_groups = groups
     model.register_forward_pre_hook(_new_forward)
     return groups
@@ -775,7 +814,11 @@ def compress_graph(model: nn.Module, check: bool = True) -> nn.Module:
 
 def _unmasked_copy(model: nn.Module) -> nn.Module:
     """A copy of a masked network with its layers plain again (masks, groups, hooks gone)."""
-    plain = copy.deepcopy(model)
+    # The groups (reached through the layers' observers while a criterion is attached) are not
+    # copied: the copy drops them below, and copying them walks the network once per group,
+    # deep enough to overflow the stack on a DenseNet-121.
+    memo = {id(g): g for g in model.__dict__.get("channel_groups", ())}
+    plain = copy.deepcopy(model, memo)
     for module in plain.modules():
         _unmask_module(module)
     plain.__dict__.pop("channel_groups", None)

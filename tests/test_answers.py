@@ -371,15 +371,17 @@ def test_the_leaderboard_reads_each_criterion_at_the_checkpoint_nearest_each_red
     assert {r for _, r in rows} == {2.0, 4.0}                    # the reductions named
     from mlprunes.report.answers import at_reduction
     fisher0 = next(r for r in leaderboard_study() if r.run_id == "fisher0")
-    assert at_reduction(fisher0, 8.0) == (99.0, pytest.approx(1000 / 90))   # 90 vs 125: near
-    assert at_reduction(fisher0, 32.0) is None                  # 90 vs 31: beyond 1.5x
+    assert at_reduction(fisher0, 10.0) == (99.0, pytest.approx(1000 / 90))  # 90 vs 100: near
+    assert at_reduction(fisher0, 8.0) is None                   # 90 vs 125: beyond 1.2x
+    fisher0.test_curve = fisher0.test_curve[1:]                 # its base's point gone
+    assert at_reduction(fisher0, 2.0) is None
 
 
 def test_question_5_pairs_each_criterion_with_random_by_seed():
     answers = answer_all(leaderboard_study())
     q5 = answers[4]
     assert q5.question == 5 and "criterion prunes best" in q5.text
-    at2 = next(c for c in q5.comparisons if c.first == "Fisher at 2x fewer MACs")
+    at2 = next(c for c in q5.comparisons if c.first == "Fisher at 2x fewer MACs (prune-fisher)")
     assert at2.second == "Random at 2x fewer MACs"
     assert at2.first_values == [30.0, 31.0] and at2.second_values == [33.0, 35.0]
     assert at2.difference.paired and at2.difference.value == pytest.approx(-3.5)

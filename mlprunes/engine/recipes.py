@@ -150,7 +150,7 @@ def finetune_preset(name: str, base: Recipe) -> Recipe:
     """A fine-tuning recipe: a named preset, or `base`, the base run's recipe `base` at
     BASE_FINETUNE_LR_SCALE times its learning rate."""
     if name == "base":
-        return replace(base, lr=base.lr * BASE_FINETUNE_LR_SCALE)
+        return replace(base, lr=base.lr * BASE_FINETUNE_LR_SCALE, bn_l1=0.0)
     if name not in FINETUNE_PRESETS:
         raise ValueError(f"unknown fine-tuning preset {name!r}; choose one of "
                          f"{', '.join(FINETUNE_PRESET_NAMES)}")

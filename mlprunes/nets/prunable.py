@@ -52,17 +52,18 @@ class PrunableBlock(nn.Module):
     def drop(self, channel: int) -> None:
         self.mask[channel] = 0
 
-    def filters(self) -> torch.Tensor:
+    def filters(self, dead=None) -> torch.Tensor:
         """Each middle channel's filter in the block's first conv, one row per channel (none
         for a block of width 0, which has no conv)."""
         if self.mid == 0:
             return torch.zeros(0, 1)
         return self.conv1.weight.detach().flatten(1)
 
-    def parts(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    def parts(self, dead=None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """Every weight the middle channels carry, as (kind, rows, channel of each row): the
         first conv's filters ("out"), bn2's scales ("bn"), the second conv's input columns
-        ("in"). Magnitude criteria sum over them as over a traced network's channel group."""
+        ("in"). Magnitude criteria sum over them as over a traced network's channel group.
+        (`dead` is a traced network's: a block's inputs are never pruned channels.)"""
         if self.mid == 0:
             return []
         channels = torch.arange(self.mid, device=self.conv1.weight.device)

@@ -138,10 +138,28 @@ class FisherSaliency(Saliency):
         self._steps = list(state.get("steps", [0] * len(totals)))
 
 
-def _filters(block: PrunableBlock) -> torch.Tensor:
+def dead_inputs(blocks: list[PrunableBlock]) -> dict:
+    """Per layer of a traced network, the input channels whose groups have pruned them: their
+    weights remain (masks act on outputs) but carry nothing, so they must not count in the
+    filters of the layers that read them. Empty for the seed's blocks."""
+    dead: dict = {}
+    for b in blocks:
+        if not hasattr(b, "inputs"):
+            continue
+        gone = ~b.mask.bool().cpu()
+        if not gone.any():
+            continue
+        for module, index, root in b.inputs():
+            columns = index[gone[root]]
+            if len(columns):
+                dead[module] = torch.cat([dead[module], columns]) if module in dead else columns
+    return dead
+
+
+def _filters(block: PrunableBlock, dead: dict | None = None) -> torch.Tensor:
     """Each channel's filter, one row per channel: a block's first conv, or the layer a
-    channel group is named after (its output rows)."""
-    return block.filters()
+    channel group is named after (its output rows), pruned inputs read as zeros."""
+    return block.filters(dead)
 
 
 class L1Saliency(Saliency):
@@ -156,7 +174,8 @@ class L1Saliency(Saliency):
     name = "l1"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        return [_filters(b).abs().sum(dim=1) for b in blocks]
+        dead = dead_inputs(blocks)
+        return [_filters(b, dead).abs().sum(dim=1) for b in blocks]
 
 
 class L1MeanSaliency(Saliency):
@@ -167,7 +186,8 @@ class L1MeanSaliency(Saliency):
     name = "l1-mean"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        return [_filters(b).abs().mean(dim=1) for b in blocks]
+        dead = dead_inputs(blocks)
+        return [_filters(b, dead).abs().mean(dim=1) for b in blocks]
 
 
 class L1LayerSaliency(Saliency):
@@ -182,9 +202,9 @@ class L1LayerSaliency(Saliency):
     name = "l1-layer"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        out = []
+        out, dead = [], dead_inputs(blocks)
         for b in blocks:
-            norms = _filters(b).abs().sum(dim=1)
+            norms = _filters(b, dead).abs().sum(dim=1)
             active = b.mask.bool() if b.masked else torch.ones_like(norms, dtype=torch.bool)
             scale = norms[active].mean() if active.any() else norms.new_ones(())
             out.append(norms / scale.clamp_min(torch.finfo(norms.dtype).tiny))
@@ -199,13 +219,14 @@ class L1SignedSaliency(Saliency):
     name = "l1-signed"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        return [_filters(b).sum(dim=1) for b in blocks]
+        dead = dead_inputs(blocks)
+        return [_filters(b, dead).sum(dim=1) for b in blocks]
 
 
-def _group_sum(unit, value, kinds=("out", "bn", "in")) -> torch.Tensor:
+def _group_sum(unit, value, kinds=("out", "bn", "in"), dead=None) -> torch.Tensor:
     """Each channel's sum of `value(rows)` over the unit's member layers of these kinds."""
     total = torch.zeros(unit.mid, device=unit.mask.device)
-    for kind, rows, root in unit.parts():
+    for kind, rows, root in unit.parts(dead):
         if kind in kinds:
             total.index_add_(0, root.to(total.device), value(rows).float().to(total.device))
     return total
@@ -232,7 +253,9 @@ class L2Saliency(Saliency):
     name = "l2"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        return [_group_sum(b, lambda rows: rows.pow(2).sum(dim=1)).sqrt() for b in blocks]
+        dead = dead_inputs(blocks)
+        return [_group_sum(b, lambda rows: rows.pow(2).sum(dim=1), dead=dead).sqrt()
+                for b in blocks]
 
 
 class BNScaleSaliency(Saliency):
@@ -277,9 +300,9 @@ class LAMPSaliency(Saliency):
     name = "lamp"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        out = []
+        out, dead = [], dead_inputs(blocks)
         for b in blocks:
-            s = _group_sum(b, lambda rows: rows.pow(2).sum(dim=1))
+            s = _group_sum(b, lambda rows: rows.pow(2).sum(dim=1), dead=dead)
             active = _active(b, s)
             score = torch.zeros_like(s)
             values = s[active]
@@ -294,9 +317,14 @@ class LAMPSaliency(Saliency):
 
 class FPGMSaliency(Saliency):
     """FPGM (He et al., CVPR 2019): a filter near the geometric median of its layer's filters
-    is the most replaceable. As their code approximates it, each filter of the group's producing
-    layer scores sum_j ||F_i - F_j||_2 over the active filters j of that layer; the smallest
-    goes first.
+    is the most replaceable. As their code approximates it, a filter's distance to the median is
+    sum_j ||F_i - F_j||_2 over the layer's filters; within a layer the smallest goes first.
+
+    He et al. prune each layer by a fixed ratio. Ranked across layers, raw sums would favour
+    layers with few or small filters, and fall as a layer loses filters, emptying it. So a
+    filter scores its mean distance to the layer's other active filters, over the layer's mean
+    of those (a layer's last channel scores 1): He et al.'s order within each layer, on one
+    scale across layers, as `l1-layer` does for Li et al.'s L1.
 
     Torch-Pruning's `FPGMImportance` measures distances between |W|^2 (not W) and adds the
     consuming layers' columns too; we follow the paper, on the filters `l1` reads."""
@@ -304,12 +332,18 @@ class FPGMSaliency(Saliency):
     name = "fpgm"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
-        out = []
+        out, dead = [], dead_inputs(blocks)
         for b in blocks:
-            filters = _filters(b).float()
+            filters = _filters(b, dead).float()
             active = _active(b, filters.new_zeros(b.mid))
+            others = int(active.sum()) - 1
+            if others < 1:   # a layer's last channel (or none)
+                out.append(torch.ones(b.mid, device=filters.device))
+                continue
             distances = torch.cdist(filters[None], filters[active][None])[0]
-            out.append(distances.sum(dim=1))
+            score = distances.sum(dim=1) / others
+            scale = score[active].mean().clamp_min(torch.finfo(score.dtype).tiny)
+            out.append(score / scale)
         return out
 
 

@@ -1,4 +1,4 @@
-"""The study's four questions, answered at matched size from its runs' records (no MLflow).
+"""The study's questions, answered at matched size from its runs' records (no MLflow).
 
 Replicates (runs that differ only in seed) are pooled; each comparison gives a difference of
 means with a 95% confidence interval and a verdict:
@@ -13,7 +13,10 @@ means with a 95% confidence interval and a verdict:
 3. each family member against its prune run's test curve at the member's size (paired);
 4. measured latency of the compressed pruned network against the reduced network it was timed
    in turn with, at each batch size (paired by seed: each seed's pruned network against the
-   reduced network matched to its own size, timed by one evaluate run).
+   reduced network matched to its own size, timed by one evaluate run);
+5. (the leaderboard) each criterion at the checkpoint nearest 2x, 4x and 8x fewer MACs
+   against random pruning (paired by seed), beside its architectures from scratch and a
+   uniform-width network of about those MACs.
 
 Each comparison says what training each side had (`first_budget`, `second_budget`): epochs and
 training multiply-accumulates, a pruned network's counting its base's training.
@@ -43,7 +46,7 @@ QUESTIONS = {
     5: "Which criterion prunes best, at 2x, 4x and 8x fewer MACs? (the leaderboard)",
 }
 REDUCTIONS = (2.0, 4.0, 8.0)   # the leaderboard's, unless scratch runs name others
-NOT_REACHED = 1.5              # a checkpoint further than this ratio from the target is not it
+NOT_REACHED = 1.2              # a checkpoint further than this ratio from the target is not it
 NO_INTERVAL = "one seed: no interval"
 NO_SPREAD = "no spread over seeds: no interval"
 NOT_SIGNIFICANT = "no significant difference"
@@ -483,7 +486,9 @@ class BoardRow:
     criterion: str
     reduction: float
     base: str = ""                  # the base configuration it pruned (its replicate key)
-    data: str = ""                  # and the data it was trained on
+    network: str = ""               # that base's network and data
+    config: str = ""                # the prune configuration (its replicate key) and name
+    label: str = ""
     seeds: list[int | None] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)
     reached: list[float] = field(default_factory=list)     # each checkpoint's actual reduction
@@ -513,7 +518,7 @@ def at_reduction(record: RunRecord, reduction: float) -> tuple[float, float] | N
     over `reduction`, read at a checkpoint, never the best of several; None when no checkpoint
     comes within NOT_REACHED of it."""
     curve = [p for p in record.test_curve if p.flops]
-    if len(curve) < 2:
+    if len(curve) < 2 or curve[0].prunes != 0:   # no base point (its run deleted): no scale
         return None
     base = curve[0].flops
     target = base / reduction
@@ -538,7 +543,9 @@ def leaderboard(records: list[RunRecord]) -> list[BoardRow]:
         base = by_id.get(runs[0].base_run_id)
         for reduction in reductions:
             row = BoardRow(runs[0].criterion, reduction,
-                           base.replicate if base is not None else "", runs[0].data)
+                           base.replicate if base is not None else "",
+                           _network(base) + "|" + runs[0].data, runs[0].replicate,
+                           config_label(runs[0]))
             for r in runs:
                 read = at_reduction(r, reduction)
                 if read is None:
@@ -550,10 +557,11 @@ def leaderboard(records: list[RunRecord]) -> list[BoardRow]:
             ids = set(row.run_ids)
             row.scratch = [s.test_error for s in records if s.stage == "scratch"
                            and s.prune_run_id in ids and s.test_error is not None
-                           and s.macs_reduction == reduction and s.budget == "scratch-e"]
+                           and s.macs_reduction == reduction and s.budget == "scratch-e"
+                           and s.init == "fresh"]
             if base is not None and base.flops:
                 target = base.flops / reduction
-                near = [u for u in uniform if u.data == base.data
+                near = [u for u in uniform if u.data == base.data and _same_kind(u, base)
                         and max(u.flops / target, target / u.flops) <= NOT_REACHED]
                 if near:
                     best = min(near, key=lambda u: abs(math.log(u.flops / target)))
@@ -564,14 +572,28 @@ def leaderboard(records: list[RunRecord]) -> list[BoardRow]:
     return rows
 
 
+def _network(base: RunRecord | None) -> str:
+    return base.spec.name if base is not None and base.spec is not None else ""
+
+
+def _same_kind(uniform: RunRecord, base: RunRecord) -> bool:
+    """A uniform network of the base's kind: its family and depth (a traced network: its
+    builder), so that one study's baselines are not another network's."""
+    a, b = uniform.spec, base.spec
+    if a is None or b is None:
+        return True
+    return a.family == b.family and a.depth == b.depth
+
+
 def leaderboard_vs_random(records: list[RunRecord]) -> list[Comparison]:
     """Question 5: each criterion against random pruning at each reduction, paired by seed
     (the two prune runs of one base), the leaderboard row's figures in the note."""
     rows = leaderboard(records)
-    # Random pruning of the same base; else of a base on the same data (bn-scale prunes a
-    # base trained for it, beside the plain base random prunes).
+    # Random pruning of the same base; else of a base of the same network on the same data
+    # (bn-scale prunes a base trained for it, beside the plain base random prunes).
     randoms = {(row.base, row.reduction): row for row in rows if row.criterion == "random"}
-    randoms_on = {(row.data, row.reduction): row for row in rows if row.criterion == "random"}
+    randoms_on = {(row.network, row.reduction): row for row in rows
+                  if row.criterion == "random"}
     out = []
     for row in rows:
         if row.criterion == "random":
@@ -584,12 +606,13 @@ def leaderboard_vs_random(records: list[RunRecord]) -> list[Comparison]:
             note += f"; its architectures from scratch {mean(row.scratch):.2f}%"
         if row.uniform is not None:
             note += f"; uniform width {row.uniform:.2f}% at {row.uniform_reduction:.2f}x"
-        c = Comparison(5, slug(f"{row.criterion}_x{row.reduction:g}", row.criterion,
+        c = Comparison(5, slug(f"{row.criterion}_x{row.reduction:g}", row.config,
                                f"{row.reduction:g}"),
-                       f"{criterion_name(row.criterion)} at {row.reduction:g}x fewer MACs",
+                       f"{criterion_name(row.criterion)} at {row.reduction:g}x fewer MACs "
+                       f"({row.label})",
                        f"Random at {row.reduction:g}x fewer MACs", "% test error", None,
                        note=note)
-        rand = randoms.get((row.base, row.reduction)) or randoms_on.get((row.data,
+        rand = randoms.get((row.base, row.reduction)) or randoms_on.get((row.network,
                                                                           row.reduction))
         if rand is not None:
             theirs = dict(zip(rand.seeds, rand.errors))

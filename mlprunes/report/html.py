@@ -168,7 +168,7 @@ def render(records: list[RunRecord], plots: dict[str, dict[str, Path]], title: s
 <p class="meta">{html.escape(subtitle)} {len(table)} runs; made {stamp} by mlprunes compare.</p>
 <h2 id="answers">Answers</h2>
 <p class="meta">Differences are the first minus the second, at matched size, with a 95%
-confidence interval over seeds (Welch's for question 1; paired by seed for 2 to 4). Negative
+confidence interval over seeds (Welch's for question 1; paired by seed for 2 to 5). Negative
 differences favour the first.</p>
 {answers_html(list(answers))}
 {leaderboard_html(leaderboard(records))}

@@ -226,7 +226,10 @@ def pruned_training(source: PrunedSource, spec: ArchSpec, budget: str, data: Dat
     recipe = contract.recipe_of(source.base_run)
     size = data.image_size or 32
     factor = epoch_factor(source.spec, spec, budget, (size, size), max_epoch_factor)
-    return Training(spec, replace(recipe, epochs=scratch_epochs(recipe.epochs, factor)), data,
+    # A slimming base's L1 on BatchNorm scales was for pruning it; its architectures train
+    # as every other criterion's do.
+    return Training(spec, replace(recipe, epochs=scratch_epochs(recipe.epochs, factor),
+                                  bn_l1=0.0), data,
                     run, label=label, log_model=log_model, init=init, model_name=model_name)
 
 

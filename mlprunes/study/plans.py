@@ -86,10 +86,12 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
     graph = Graph()
     seeds = plan.seeds if plan.seeds is not None else (run.seed,)
     made = {}
+    uniform = tuple(u for u in uniform_baselines(plan, base_spec) if u not in plan.baselines)
     for seed in seeds:
         suffix = f"-s{seed}" if len(seeds) > 1 else ""
         made[suffix] = (replace(run, seed=seed),
-                        _one_seed(graph, plan, replace(run, seed=seed), base_spec, suffix))
+                        _one_seed(graph, plan, replace(run, seed=seed), base_spec, suffix,
+                                  uniform))
     if plan.evaluate:
         # Latency is measured once everything has trained, so that no training shares the
         # machine with a timing.
@@ -103,7 +105,7 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
 
 
 def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec,
-              suffix: str) -> dict[str, Any]:
+              suffix: str, uniform: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
     log_model = plan.log_model
     # Later stages read the data their input runs were made with, from where it lives now.
     located = DataChoice(data_dir=plan.data.data_dir, download=plan.data.download)
@@ -140,7 +142,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
             points += [("params", {"params_budget": n}) for n in plan.scratch_params_budgets]
             points += [("x", {"macs_reduction": r}) for r in plan.scratch_macs_reductions]
             for letter, where in points:
-                point = f"{letter}{next(iter(where.values())):g}"
+                value = next(iter(where.values()))
+                point = f"{letter}{value:g}" if isinstance(value, float) else f"{letter}{value}"
                 cap = plan.max_epoch_factor if budget == "scratch-b" else None
                 scratch.append(graph.add(f"scratch{tag}-{c}-{point}{suffix}", ScratchJob(
                     prune_run_id=prunes[c], **where, budget=budget, max_epoch_factor=cap,
@@ -164,7 +167,6 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
                     log_model=log_model,
                     run_name=f"finetune{tag}-{_label(plan, c)}-{point}{suffix}"))
     reduced = []
-    uniform = [u for u in uniform_baselines(plan, base_spec) if u not in plan.baselines]
     for overrides in (*plan.baselines, *uniform):
         spec = make_spec(**baseline_network(plan.arch, overrides),
                          num_classes=base_spec.num_classes,
