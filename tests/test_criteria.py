@@ -220,10 +220,12 @@ def test_fpgm_differs_from_torch_prunings_on_purpose():
     assert differ > 0
 
 
-def test_the_criteria_are_named_and_new_ones_need_no_flops_penalty():
+def test_the_criteria_are_named_and_new_ones_take_no_flops_penalty():
     assert set(NEW) <= set(CRITERIA)
-    with pytest.raises(ValueError, match="fisher"):
-        make_saliency("taylor").loss_increase([])
+    for criterion in NEW:
+        with pytest.raises(ValueError, match="use fisher"):
+            Pruner(build(arch.wrn(10, 1), masked=True), make_saliency(criterion),
+                   flops_penalty=0.1, image_size=(8, 8))
 
 
 # -- network slimming's sparsity term ----------------------------------------------------------

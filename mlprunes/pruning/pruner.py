@@ -48,7 +48,7 @@ class Pruner:
             raise ValueError(f"round_to must be at least 1, got {round_to}")
         if not flops_penalty >= 0:
             raise ValueError(f"flops_penalty must be >= 0, got {flops_penalty}")
-        if flops_penalty > 0 and saliency.name != "fisher":
+        if flops_penalty > 0 and not callable(getattr(saliency, "loss_increase", None)):
             raise ValueError(f"a FLOPs penalty weighs an estimated loss increase against the "
                              f"FLOPs saved; the {saliency.name} criterion estimates none (use "
                              f"fisher)")

@@ -366,8 +366,7 @@ class TaylorSaliency(FisherSaliency):
         self._totals[index] = step if total is None else total.add_(step)
         self._steps[index] += 1
 
-    def loss_increase(self, blocks):
-        raise ValueError("a FLOPs penalty weighs Fisher's loss estimate; use --criterion fisher")
+    loss_increase = None   # no estimate of the loss increase: no FLOPs penalty
 
 
 class RandomSaliency(Saliency):
