@@ -16,7 +16,7 @@ from mlprunes.pruning import spec_after
 from mlprunes.study.plans import study_graph
 from mlprunes.study.studyfile import load_preset, parse_study, preset_text
 from tests.stage_helpers import TINY_TRAIN, all_runs, cli, read_artifact_text, read_csv
-from tests.test_signals import leftovers, start, terminate, wait_for_running
+from tests.test_signals import stopped_then_resumed
 from tests.test_stages import prune_args
 
 
@@ -125,17 +125,7 @@ def test_sigterm_mid_finetune_and_a_resume_ends_as_the_uninterrupted_run(store, 
     prune_id = cli(*prune_args(base)).run_id
     args = ["finetune", "--prune-run-id", prune_id, "--prunes", "8", "--epochs", "40",
             "--no-progress", "--no-log-model"]
-    straight = cli(*args).run_id
-    proc, tmpdir = start(args, tmp_path)
-    run_id = wait_for_running(proc, "finetune", "checkpoints/last.pt", exclude={straight})
-    terminate(proc)
-    assert client.get_run(run_id).info.status == "KILLED"
-    assert leftovers(tmpdir) == []
-    assert cli(*args, "--resume-run-id", run_id).run_id == run_id
-    resumed, reference = client.get_run(run_id), client.get_run(straight)
-    assert resumed.info.status == "FINISHED"
-    assert resumed.data.metrics["test_error"] == reference.data.metrics["test_error"]
-    assert resumed.data.metrics["test_loss"] == reference.data.metrics["test_loss"]
+    run_id = stopped_then_resumed(args, "finetune", tmp_path)
     # Each epoch once, and its start once, though two processes trained it.
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(
         range(1, 41))

@@ -56,20 +56,28 @@ def leftovers(tmpdir: Path) -> list[str]:
     return [p.name for p in tmpdir.iterdir() if p.name.startswith("mlprunes-")]
 
 
-def test_sigterm_mid_train_kills_the_run_and_a_resume_finishes_it_identically(store, tmp_path):
+def stopped_then_resumed(args, stage: str, tmp_path) -> str:
+    """`mlprunes ARGS` run straight, then again in a process sent SIGTERM once it saved a
+    checkpoint and resumed: the killed run ends KILLED with no temporary folder left, and its
+    resume ends FINISHED with the straight run's test figures. Returns the resumed run's ID."""
     client = MlflowClient()
-    straight = cli(*LONG_TRAIN).run_id
-    proc, tmpdir = start(LONG_TRAIN, tmp_path)
-    run_id = wait_for_running(proc, "train", "checkpoints/last.pt", exclude={straight})
+    straight = cli(*args).run_id
+    proc, tmpdir = start(args, tmp_path)
+    run_id = wait_for_running(proc, stage, "checkpoints/last.pt", exclude={straight})
     terminate(proc)
     assert client.get_run(run_id).info.status == "KILLED"
     assert leftovers(tmpdir) == []
 
-    assert cli(*LONG_TRAIN, "--resume-run-id", run_id).run_id == run_id
+    assert cli(*args, "--resume-run-id", run_id).run_id == run_id
     resumed, reference = client.get_run(run_id), client.get_run(straight)
     assert resumed.info.status == "FINISHED"
     assert resumed.data.metrics["test_error"] == reference.data.metrics["test_error"]
     assert resumed.data.metrics["test_loss"] == reference.data.metrics["test_loss"]
+    return run_id
+
+
+def test_sigterm_mid_train_kills_the_run_and_a_resume_finishes_it_identically(store, tmp_path):
+    stopped_then_resumed(LONG_TRAIN, "train", tmp_path)
 
 
 def test_sigterm_mid_prune_kills_the_run_and_a_resume_gives_the_same_history(store, tmp_path):
