@@ -660,26 +660,37 @@ class ChannelGroup:
         return [(modules[name], role, index, root)
                 for name, role, index, root in self._member_names]
 
-    def parts(self, dead: DeadInputs | None = None) -> list[tuple[str, torch.Tensor,
-                                                                   torch.Tensor]]:
+    def parts(self, dead: DeadInputs | None = None,
+              weight: Callable[[nn.Module], torch.Tensor] | None = None
+              ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """Every weight the group's channels carry, as (kind, rows, group channel of each row),
         one entry per member layer, as Torch-Pruning's group importance reads them: a conv or
         linear layer's output rows ("out"), a BatchNorm's scales ("bn"), a consumer's input
-        columns ("in"; a linear layer after a flatten has several per channel)."""
+        columns ("in"; a linear layer after a flatten has several per channel). `weight` reads
+        another tensor of each layer's weight's shape in its place (Hessian's w^2 h)."""
         out = []
         for module, role, index, root in self._members:
-            weight = module.weight.detach()
-            index, root = index.to(weight.device), root.to(weight.device)
+            if isinstance(module, nn.BatchNorm2d) and not module.affine:
+                continue
+            weight_ = module.weight.detach() if weight is None else weight(module)
+            index, root = index.to(weight_.device), root.to(weight_.device)
             if isinstance(module, nn.BatchNorm2d):
-                if module.affine:
-                    out.append(("bn", weight.index_select(0, index)[:, None], root))
+                out.append(("bn", weight_.index_select(0, index)[:, None], root))
             elif role == "out" or _depthwise(module):   # a depthwise conv's channels: rows
-                rows = _live(module, weight, dead).index_select(0, index)
+                rows = _live(module, weight_, dead).index_select(0, index)
                 out.append(("out", rows.flatten(1), root))
             else:
-                out.append(("in", weight.transpose(0, 1).index_select(0, index).flatten(1),
+                out.append(("in", weight_.transpose(0, 1).index_select(0, index).flatten(1),
                             root))
         return out
+
+    def layers(self) -> list[nn.Module]:
+        """The layers whose weights `parts` reads, each once."""
+        seen: dict[int, nn.Module] = {}
+        for module, _, _, _ in self._members:
+            if not (isinstance(module, nn.BatchNorm2d) and not module.affine):
+                seen.setdefault(id(module), module)
+        return list(seen.values())
 
     def observe(self, callback: PerSampleObserver | None) -> None:
         """Call `callback` once per backward pass with the (N, width) per-sample sums over

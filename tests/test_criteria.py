@@ -1,4 +1,4 @@
-"""The field's criteria on our unit interface: l2, bn-scale, lamp, fpgm and taylor, each on
+"""The field's criteria on our unit interface: l2, bn-scale, lamp, fpgm, taylor and hessian, each on
 hand-built weights where its ranking is known, each checked against Torch-Pruning's class where
 that class computes the same thing (and, where we differ on purpose, the difference shown);
 network slimming's L1 term on BatchNorm scales."""
@@ -15,7 +15,7 @@ from mlprunes.nets import build, prunable_units
 from mlprunes.pruning import Pruner, make_saliency
 from mlprunes.pruning.saliency import CRITERIA
 
-NEW = ("l2", "bn-scale", "lamp", "fpgm", "taylor")
+NEW = ("l2", "bn-scale", "lamp", "fpgm", "taylor", "hessian")
 
 
 def wrn_block0(spec=None):
@@ -156,8 +156,13 @@ def test_bn_scale_refuses_a_group_without_batchnorm(monkeypatch):
 # -- against Torch-Pruning -----------------------------------------------------------------------
 
 def peer_groups(spec):
-    """Our masked network, its units, and Torch-Pruning's group for each, on an unmasked copy
+    """Our masked network's units, and Torch-Pruning's group for each, on an unmasked copy
     with the same weights."""
+    return peer_network(spec)[1:]
+
+
+def peer_network(spec):
+    """The unmasked copy Torch-Pruning's groups are on, our units, and the groups."""
     import torch_pruning as tp
 
     torch.manual_seed(1)
@@ -173,7 +178,7 @@ def peer_groups(spec):
         fn = (tp.prune_conv_out_channels if isinstance(root, nn.Conv2d)
               else tp.prune_linear_out_channels)
         groups.append(graph.get_pruning_group(root, fn, idxs=list(range(unit.mid))))
-    return units, groups
+    return plain, units, groups
 
 
 @pytest.mark.parametrize("network", ["resnet", "mobilenet"])
@@ -220,12 +225,15 @@ def test_fpgm_differs_from_torch_prunings_on_purpose():
     assert differ > 0
 
 
-def test_the_criteria_are_named_and_new_ones_take_no_flops_penalty():
+def test_the_criteria_are_named_and_only_those_with_a_loss_estimate_take_a_flops_penalty():
     assert set(NEW) <= set(CRITERIA)
     for criterion in NEW:
+        model = build(arch.wrn(10, 1), masked=True)
+        if criterion == "hessian":   # OBD's 1/2 w^2 h is an estimate of the loss's rise
+            Pruner(model, make_saliency(criterion), flops_penalty=0.1, image_size=(8, 8))
+            continue
         with pytest.raises(ValueError, match="use fisher"):
-            Pruner(build(arch.wrn(10, 1), masked=True), make_saliency(criterion),
-                   flops_penalty=0.1, image_size=(8, 8))
+            Pruner(model, make_saliency(criterion), flops_penalty=0.1, image_size=(8, 8))
 
 
 # -- network slimming's sparsity term ----------------------------------------------------------
@@ -379,3 +387,148 @@ def test_pruned_channels_read_as_zeros_in_the_filters_that_consume_them():
     expected = weight[:, first.mid // 2:].abs().sum(dim=(1, 2))
     assert torch.allclose(after, expected) and (after < before).all()
     assert dead_inputs(prunable_units(build(arch.wrn(10, 1), masked=True))) == {}  # blocks
+
+
+# -- hessian: per-sample squared gradients -------------------------------------------------------
+
+def one_backward_per_sample(module, x, grad):
+    """sum_n (dL/dW)_n^2 the slow way: the layer run on each sample alone, its weight's
+    gradient taken against that sample's output gradient."""
+    total = torch.zeros_like(module.weight)
+    for xn, gn in zip(x, grad):
+        module.zero_grad()
+        (module(xn[None]) * gn[None]).sum().backward()
+        total += module.weight.grad.pow(2)
+    return total
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode="reflect", bias=False), (5, 4, 9, 9)),
+    (nn.Conv2d(4, 6, 3, dilation=2, groups=2), (5, 4, 9, 9)),
+    (nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), (5, 4, 6, 6)),     # depthwise
+    (nn.Linear(7, 3), (5, 7)),
+    (nn.Linear(7, 3), (5, 2, 4, 7)),                                   # positions between
+    (nn.BatchNorm2d(4).eval(), (5, 4, 3, 3)),
+])
+def test_per_sample_squared_gradients_equal_one_backward_per_sample(layer, shape):
+    from mlprunes.pruning import persample
+
+    torch.manual_seed(0)
+    if isinstance(layer, nn.BatchNorm2d):          # statistics of its own, not 0 and 1
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+        layer.weight.data.uniform_(0.5, 2)
+    x = torch.randn(shape)
+    grad = torch.randn_like(layer(x))
+    fast = persample.squared_sum(layer, x, grad)
+    assert fast.shape == layer.weight.shape
+    assert torch.allclose(fast, one_backward_per_sample(layer, x, grad), rtol=1e-4, atol=1e-7)
+
+
+def per_example_squares(model, x, y):
+    """Each parameter's mean over examples of (dl_n/dw)^2, one backward per example."""
+    squares = {}
+    for xn, yn in zip(x, y):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xn[None]), yn[None]).backward()
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                squares[name] = squares.get(name, 0) + p.grad.pow(2) / len(x)
+    return squares
+
+
+def test_hessian_is_obd_with_per_example_squared_gradients_on_a_wrn_block():
+    """In evaluation mode samples do not interact, so a batch's hooks must give exactly
+    1/2 sum_w w^2 mean_n (dl_n/dw)^2 over the block's conv1 filter, bn2 scale and conv2
+    columns; a channel whose weights are all zero scores 0 and goes first."""
+    torch.manual_seed(0)
+    model = build(arch.wrn(10, 1), masked=True).eval()
+    units = prunable_units(model)
+    block = units[0]
+    with torch.no_grad():
+        block.conv1.weight[2].zero_()
+        block.bn2.weight[2] = 0
+        block.conv2.weight[:, 2].zero_()
+    hessian = make_saliency("hessian")
+    hessian.attach(units)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    ours = hessian.scores(units)[0]
+    hessian.detach()
+    squares = per_example_squares(model, x, y)
+    names = {id(p): n for n, p in model.named_parameters()}
+    hand = torch.zeros(block.mid)
+    for layer, axis in ((block.conv1, 0), (block.bn2, 0), (block.conv2, 1)):
+        obd = 0.5 * layer.weight.detach().pow(2) * squares[names[id(layer.weight)]]
+        hand += obd.transpose(0, axis).flatten(1).sum(1) if obd.dim() > 1 else obd
+    assert torch.allclose(ours, hand, rtol=1e-4, atol=1e-12)
+    assert ours[2] == 0 and int(ours.argmin()) == 2 and (ours[torch.arange(block.mid) != 2] > 0).all()
+
+
+def test_hessian_accumulates_over_steps_resets_after_a_prune_and_resumes_from_its_state():
+    torch.manual_seed(0)
+    model = build(arch.wrn(10, 1), masked=True)
+    units = prunable_units(model)
+    hessian = make_saliency("hessian")
+    hessian.attach(units)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    model.eval()
+    nn.functional.cross_entropy(model(x), y).backward()
+    once = [s.clone() for s in hessian.scores(units)]
+    with torch.no_grad():
+        model(x)                                      # an evaluation pass adds nothing
+    nn.functional.cross_entropy(model(x), y).backward()
+    twice = hessian.scores(units)
+    assert all(torch.allclose(t, 2 * o, rtol=1e-5) for t, o in zip(twice, once))
+    increase = hessian.loss_increase(units)            # per step: the one step's estimate
+    assert all(torch.allclose(i, o, rtol=1e-5) for i, o in zip(increase, once))
+    state = hessian.state_dict()
+    hessian.detach()
+    resumed = make_saliency("hessian")
+    resumed.attach(units)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.scores(units), twice))
+    resumed.reset()
+    assert all(s.abs().sum() == 0 for s in resumed.scores(units))
+    resumed.detach()
+    nn.functional.cross_entropy(model(x), y).backward()   # detached: nothing is watched
+    assert all(s.abs().sum() == 0 for s in resumed.scores(units))
+
+
+def test_hessian_equals_torch_prunings_on_one_sample_and_sums_what_it_overwrites():
+    """Torch-Pruning 1.6.1's `GroupHessianImportance`, fed one backward per sample as its
+    docstring says, keeps only the last sample's g^2 (its accumulate_grad tests the name but
+    stores under the parameter). On one sample it and ours agree (ours carries OBD's 1/2); on
+    two, it equals ours on the second sample alone, and ours is the mean of the two."""
+    import torch_pruning as tp
+
+    spec = make_spec(**TRACED["resnet"], num_classes=10, input_size=16)
+    plain_model, units, groups = peer_network(spec)
+    ours_model = units[0]._model.eval()
+    plain_model.eval()
+    torch.manual_seed(3)
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+
+    def theirs(samples):
+        scorer = tp.importance.GroupHessianImportance(group_reduction="sum", normalizer=None)
+        for n in samples:
+            plain_model.zero_grad()
+            nn.functional.cross_entropy(plain_model(x[n:n + 1]), y[n:n + 1]).backward()
+            scorer.accumulate_grad(plain_model)
+        return [scorer(group) for group in groups]
+
+    def ours(samples):
+        hessian = make_saliency("hessian")
+        hessian.attach(units)
+        nn.functional.cross_entropy(ours_model(x[samples]), y[samples]).backward()
+        scores = hessian.scores(units)
+        hessian.detach()
+        return scores
+
+    first, second, both = ours([0]), ours([1]), ours([0, 1])
+    for k, unit in enumerate(units):
+        assert torch.allclose(2 * first[k], theirs([0])[k], rtol=1e-4, atol=1e-10), unit.name
+        assert torch.allclose(2 * second[k], theirs([0, 1])[k], rtol=1e-4, atol=1e-10)
+        assert torch.allclose(both[k], (first[k] + second[k]) / 2, rtol=1e-4, atol=1e-10)
+    assert any(not torch.allclose(both[k], second[k], rtol=1e-2) for k in range(len(units)))
+

@@ -59,16 +59,17 @@ def test_the_loop_prunes_validates_and_saves_on_its_schedule(criterion):
     assert saves[0][1]["prune_history"] == pruner.history[:4]
 
 
+@pytest.mark.parametrize("criterion", ["fisher", "hessian"])   # both carry per-step sums
 @pytest.mark.parametrize("spec", [SPEC, "resnet"], ids=["wrn", "traced-resnet-8"])
-def test_a_restored_loop_ends_as_the_uninterrupted_one(spec):
+def test_a_restored_loop_ends_as_the_uninterrupted_one(spec, criterion):
     if spec == "resnet":   # a traced network: its groups' masks live in its BN layers
         spec = arch.make_spec("resnet", depth=8, num_classes=5)
     schedule = PruneSchedule(prunes=9, prune_every=3, val_every=2, save_every=4)
-    trainer, pruner, evaluation = setup(spec=spec)
+    trainer, pruner, evaluation = setup(criterion, spec=spec)
     straight = prune_while_finetuning(trainer, pruner, schedule, evaluation, (12, 12))
 
     saved = {}
-    first, first_pruner, _ = setup(spec=spec)
+    first, first_pruner, _ = setup(criterion, spec=spec)
     with pytest.raises(KeyboardInterrupt):
         def die(point):
             if point["prunes"] == 6:
@@ -78,7 +79,7 @@ def test_a_restored_loop_ends_as_the_uninterrupted_one(spec):
                                on_save=[lambda p, c: saved.update({p: copy.deepcopy(c)})])
     assert list(saved) == [4]
 
-    again, again_pruner, _ = setup(init_seed=123, spec=spec)  # all from the checkpoint
+    again, again_pruner, _ = setup(criterion, init_seed=123, spec=spec)  # all from the checkpoint
     start, curve = restore(saved[4], again, again_pruner)
     assert start == 4 and [p["prunes"] for p in curve] == [0, 2, 4]
     resumed = prune_while_finetuning(again, again_pruner, schedule, evaluation, (12, 12),

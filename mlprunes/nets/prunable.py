@@ -43,6 +43,9 @@ class PrunableBlock(nn.Module):
         # Set by a saliency criterion (e.g. Fisher) that needs the masked activation; None
         # keeps the forward pass free of any extra work.
         self.activation_observer: ActivationObserver | None = None
+        # A masked block runs bn2 as a function, so hooks on the bn2 module do not fire there;
+        # a criterion that watches its layers (Hessian) sees bn2's (input, output) here instead.
+        self.bn_observer: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     # -- the interface a pruner and a criterion use (shared with a traced network's groups) --
 
@@ -59,17 +62,23 @@ class PrunableBlock(nn.Module):
             return torch.zeros(0, 1)
         return self.conv1.weight.detach().flatten(1)
 
-    def parts(self, dead=None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    def parts(self, dead=None, weight=None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """Every weight the middle channels carry, as (kind, rows, channel of each row): the
         first conv's filters ("out"), bn2's scales ("bn"), the second conv's input columns
         ("in"). Magnitude criteria sum over them as over a traced network's channel group.
-        (`dead` is a traced network's: a block's inputs are never pruned channels.)"""
+        (`dead` is a traced network's: a block's inputs are never pruned channels.) `weight`
+        reads another tensor of each layer's weight's shape in its place (Hessian's w^2 h)."""
         if self.mid == 0:
             return []
+        read = weight or (lambda module: module.weight.detach())
         channels = torch.arange(self.mid, device=self.conv1.weight.device)
-        return [("out", self.conv1.weight.detach().flatten(1), channels),
-                ("bn", self.bn2.weight.detach()[:, None], channels),
-                ("in", self.conv2.weight.detach().transpose(0, 1).flatten(1), channels)]
+        return [("out", read(self.conv1).flatten(1), channels),
+                ("bn", read(self.bn2)[:, None], channels),
+                ("in", read(self.conv2).transpose(0, 1).flatten(1), channels)]
+
+    def layers(self) -> list[nn.Module]:
+        """The layers whose weights `parts` reads."""
+        return [] if self.mid == 0 else [self.conv1, self.bn2, self.conv2]
 
     def observe(self, callback: Callable[[torch.Tensor], None] | None) -> None:
         """Call `callback` once per backward pass with the (N, mid) per-sample sums over
@@ -98,8 +107,11 @@ class PrunableBlock(nn.Module):
         if bn.training:
             bn.num_batches_tracked.add_(1)
         mask = self.mask.to(bn.weight.dtype)
-        h = F.relu(F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight * mask,
-                                bn.bias * mask, bn.training, bn.momentum, bn.eps))
+        y = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight * mask, bn.bias * mask,
+                         bn.training, bn.momentum, bn.eps)
+        if self.bn_observer is not None and y.requires_grad:
+            self.bn_observer(x, y)
+        h = F.relu(y)
         if self.activation_observer is not None and h.requires_grad:
             self.activation_observer(h)
         return h

@@ -15,6 +15,7 @@ from functools import partial
 import torch
 
 from mlprunes.nets.prunable import PrunableBlock
+from mlprunes.pruning import persample
 
 
 class Saliency:
@@ -223,10 +224,11 @@ class L1SignedSaliency(Saliency):
         return [_filters(b, dead).sum(dim=1) for b in blocks]
 
 
-def _group_sum(unit, value, kinds=("out", "bn", "in"), dead=None) -> torch.Tensor:
-    """Each channel's sum of `value(rows)` over the unit's member layers of these kinds."""
+def _group_sum(unit, value, kinds=("out", "bn", "in"), dead=None, weight=None) -> torch.Tensor:
+    """Each channel's sum of `value(rows)` over the unit's member layers of these kinds (rows of
+    `weight(layer)` in place of the layer's weight, when given)."""
     total = torch.zeros(unit.mid, device=unit.mask.device)
-    for kind, rows, root in unit.parts(dead):
+    for kind, rows, root in (unit.parts(dead) if weight is None else unit.parts(dead, weight)):
         if kind in kinds:
             total.index_add_(0, root.to(total.device), value(rows).float().to(total.device))
     return total
@@ -369,6 +371,122 @@ class TaylorSaliency(FisherSaliency):
     loss_increase = None   # no estimate of the loss increase: no FLOPs penalty
 
 
+class HessianSaliency(Saliency):
+    """Optimal Brain Damage (LeCun et al., NeurIPS 1989) over a channel group, with the diagonal
+    Hessian taken as the empirical Fisher of per-sample gradients: a channel scores
+    1/2 * sum over its group's weights of w^2 * h, h = the mean over examples of (dl_n/dw)^2,
+    l_n the example's own loss. The squares are summed per sample (`persample`), never squared
+    after the batch's sum, and accumulate over the fine-tuning steps since the last prune, as
+    Fisher's do; the weights are read at the prune. The group's weights are those `l2` sums:
+    producers' filters, BatchNorm scales, consumers' input columns.
+
+    Torch-Pruning's `GroupHessianImportance` scores the same w^2 * h, its h from one backward per
+    sample (`accumulate_grad` after each). As 1.6.1 is written it keeps only the last sample's
+    g^2: `accumulate_grad` tests `name not in self._accu_grad` but stores under the parameter,
+    so every call overwrites the sum (and resets the count to 1). We sum every sample's, which
+    is the estimator OBD means; on one sample the two agree. Our per-sample gradients hold a
+    BatchNorm's batch statistics constant; in evaluation mode, where samples do not interact,
+    they are exactly each example's own gradient.
+
+    1/2 w^2 h is OBD's estimate of the loss's rise were the weights zeroed, so it is also the
+    criterion's `loss_increase` (per step, in nats) and a FLOPs penalty can weigh it."""
+
+    name = "hessian"
+
+    def __init__(self) -> None:
+        self._blocks: list[PrunableBlock] = []
+        self._layers: list[torch.nn.Module] = []
+        self._handles: list = []
+        self._squares: dict[int, torch.Tensor] = {}   # id(layer) -> sum of per-example g^2
+        self._steps = 0
+        self._last_layer: int | None = None
+
+    def attach(self, blocks: list[PrunableBlock]) -> None:
+        self.detach()
+        self._blocks = list(blocks)
+        unique: dict[int, torch.nn.Module] = {}
+        for b in blocks:
+            for layer in b.layers():
+                if not persample.supported(layer):
+                    raise ValueError(f"hessian needs per-sample gradients of "
+                                     f"{type(layer).__name__}, which it cannot take; use "
+                                     f"another criterion")
+                unique.setdefault(id(layer), layer)
+        self._layers = list(unique.values())
+        self._squares = {}
+        self._steps = 0
+        for layer in self._layers:
+            self._handles.append(layer.register_forward_hook(self._forward))
+        for b in blocks:
+            if hasattr(b, "bn_observer"):
+                b.bn_observer = partial(self._seen, b.bn2)
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for b in self._blocks:
+            if hasattr(b, "bn_observer"):
+                b.bn_observer = None
+        self._blocks = []
+
+    def _forward(self, layer, inputs, output) -> None:
+        self._seen(layer, inputs[0], output)
+
+    def _seen(self, layer, x: torch.Tensor, y: torch.Tensor) -> None:
+        if not (torch.is_grad_enabled() and y.requires_grad):
+            return   # an evaluation pass
+        x = x.detach()
+        y.register_hook(lambda grad: self._accumulate(layer, x, grad))
+
+    def _accumulate(self, layer, x: torch.Tensor, grad: torch.Tensor) -> None:
+        squares = persample.squared_sum(layer, x, grad)
+        # The loss is the batch mean: an example's own gradient is batch-size times the part
+        # seen here, so mean_n (N g_n)^2 = N * sum_n g_n^2.
+        squares.mul_(x.shape[0])
+        key = id(layer)
+        self._squares[key] = squares if key not in self._squares else self._squares[key] + squares
+        # One step per backward pass: counted when the first layer watched reports again.
+        if self._last_layer is None or key == self._last_layer:
+            self._last_layer = key
+            self._steps += 1
+
+    def _weighed(self, layer) -> torch.Tensor:
+        w2 = layer.weight.detach().float().pow(2)
+        squares = self._squares.get(id(layer))
+        return torch.zeros_like(w2) if squares is None else 0.5 * w2 * squares.to(w2.device)
+
+    def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        dead = dead_inputs(blocks)
+        return [_group_sum(b, lambda rows: rows.sum(dim=1), dead=dead, weight=self._weighed)
+                for b in blocks]
+
+    def loss_increase(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
+        """OBD's 1/2 sum w^2 h over the channel's weights, h averaged over the steps seen: the
+        estimated rise of the mean loss, in nats, were the channel removed."""
+        return [s / max(self._steps, 1) for s in self.scores(blocks)]
+
+    def reset(self) -> None:
+        self._squares = {}
+        self._steps = 0
+        self._last_layer = None
+
+    def state_dict(self) -> dict:
+        return {"squares": [None if id(m) not in self._squares
+                            else self._squares[id(m)].detach().cpu().clone()
+                            for m in self._layers],
+                "steps": self._steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        squares = state["squares"]
+        if len(squares) != len(self._layers):
+            raise ValueError(f"Hessian state has {len(squares)} layers, the model "
+                             f"{len(self._layers)}")
+        self._squares = {id(m): t.to(m.weight.device) for m, t in zip(self._layers, squares)
+                         if t is not None}
+        self._steps = int(state["steps"])
+
+
 class RandomSaliency(Saliency):
     """Uniform random scores: a random active channel is pruned.
 
@@ -399,7 +517,7 @@ class RandomSaliency(Saliency):
 
 CRITERIA = {"fisher": FisherSaliency, "l1": L1Saliency, "l1-mean": L1MeanSaliency,
             "l1-layer": L1LayerSaliency, "l1-signed": L1SignedSaliency, "l2": L2Saliency,
-            "taylor": TaylorSaliency, "bn-scale": BNScaleSaliency, "fpgm": FPGMSaliency,
+            "taylor": TaylorSaliency, "hessian": HessianSaliency, "bn-scale": BNScaleSaliency, "fpgm": FPGMSaliency,
             "lamp": LAMPSaliency, "random": RandomSaliency}
 
 
