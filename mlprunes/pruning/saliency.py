@@ -418,7 +418,7 @@ class HessianSaliency(Saliency):
         for layer in self._layers:
             self._handles.append(layer.register_forward_hook(self._forward))
         for b in blocks:
-            if hasattr(b, "bn_observer"):
+            if hasattr(b, "bn_observer") and b.layers():   # a block of width 0 has no bn2
                 b.bn_observer = partial(self._seen, b.bn2)
 
     def detach(self) -> None:
