@@ -81,7 +81,7 @@ def test_evaluate_keys_name_the_device_that_measured():
     (lambda: replace(TRAIN, checkpoint_every=0), "--checkpoint-every must be at least 1"),
     (lambda: replace(PRUNE, prunes=-1), "--prunes must be >= 0"),
     (lambda: replace(PRUNE, save_every=0), "--save-every must be at least 1"),
-    (lambda: replace(PRUNE, criterion="hessian"), "--criterion must be one of"),
+    (lambda: replace(PRUNE, criterion="obd-c"), "--criterion must be one of"),
     (lambda: ScratchJob(prune_run_id="p"), "exactly one of --prunes, --params-budget and"),
     (lambda: ScratchJob(prune_run_id="p", macs_reduction=1.0), "more than 1, got 1.0"),
     (lambda: ScratchJob(prune_run_id="p", prunes=1, budget="scratch-c"), "--budget must be"),

@@ -517,8 +517,8 @@ class RandomSaliency(Saliency):
 
 CRITERIA = {"fisher": FisherSaliency, "l1": L1Saliency, "l1-mean": L1MeanSaliency,
             "l1-layer": L1LayerSaliency, "l1-signed": L1SignedSaliency, "l2": L2Saliency,
-            "taylor": TaylorSaliency, "hessian": HessianSaliency, "bn-scale": BNScaleSaliency, "fpgm": FPGMSaliency,
-            "lamp": LAMPSaliency, "random": RandomSaliency}
+            "taylor": TaylorSaliency, "hessian": HessianSaliency, "bn-scale": BNScaleSaliency,
+            "fpgm": FPGMSaliency, "lamp": LAMPSaliency, "random": RandomSaliency}
 
 
 def make_saliency(name: str, seed: int = 0, prunes_done: int = 0) -> Saliency:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mlprunes.arch import ArchSpec, GraphSpec, Spec
 
 CRITERION_NAMES = {"fisher": "Fisher", "l1": "L1", "random": "Random", "l2": "L2",
-                   "taylor": "Taylor", "hessian": "Hessian (OBD)", "bn-scale": "BN scale", "fpgm": "FPGM", "lamp": "LAMP"}
+                   "taylor": "Taylor", "hessian": "Hessian", "bn-scale": "BN scale", "fpgm": "FPGM", "lamp": "LAMP"}
 FINETUNE_BUDGET_NAMES = {"scratch-e": " (Scratch-E's epochs)", "scratch-b": " (Scratch-B's epochs)"}
 
 
