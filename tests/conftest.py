@@ -43,6 +43,27 @@ def store(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+    assert_logged_once(work / "mlflow.db")
+
+
+def assert_logged_once(db) -> None:
+    """Every metric of every run has one value per step: a curve whose x axis is another
+    metric pairs values by position, so a repeated step shifts every point after it. Checked
+    on the store of every test that has one (what a test leaves there is what a user gets)."""
+    import sqlite3
+    from pathlib import Path
+
+    if not Path(db).exists():
+        return
+    with sqlite3.connect(db) as connection:
+        try:
+            repeated = connection.execute(
+                "SELECT r.name, m.key, m.step, COUNT(*) FROM metrics m JOIN runs r ON "
+                "r.run_uuid = m.run_uuid GROUP BY m.run_uuid, m.key, m.step "
+                "HAVING COUNT(*) > 1 LIMIT 10").fetchall()
+        except sqlite3.OperationalError:   # a store the test never made tables in
+            return
+    assert not repeated, f"metrics logged more than once at one step: {repeated}"
 
 
 @pytest.fixture(autouse=True, scope="session")

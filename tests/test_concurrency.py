@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.stage_helpers import TINY_TRAIN, all_runs, cli
+from tests.test_mlflow_integration import server  # noqa: F401 (a fixture)
 from tests.test_signals import LONG_TRAIN, start, wait_for_running
 
 
@@ -88,14 +89,16 @@ def test_a_takeover_overwritten_while_it_settles_yields_to_the_other_process(sto
     def other_process_takes_it(seconds):  # its write lands while this one waits
         client.set_tag(run_id, contract.TAG_HEARTBEAT, f"{time.time()} otherhost 4242 resuming")
 
+    from mlprunes.stages import liveness
+
     real_sleep = time.sleep
-    monkeypatch.setattr(contract.time, "sleep", other_process_takes_it)
+    monkeypatch.setattr(liveness.time, "sleep", other_process_takes_it)
     with pytest.raises(StageError, match=f"run {run_id} is running on host otherhost, pid 4242"):
         contract._take_over(run_id, in_study=False)
     # A third process now finds the run taken; inside a pipeline it waits rather than fails.
     with pytest.raises(Claimed):
         contract._take_over(run_id, in_study=True)
-    monkeypatch.setattr(contract.time, "sleep", real_sleep)
+    monkeypatch.setattr(liveness.time, "sleep", real_sleep)
     client.set_tag(run_id, contract.TAG_HEARTBEAT, "1.0 otherhost 4242 resuming")  # went stale
     contract._take_over(run_id, in_study=False)  # taken over
     assert client.get_run(run_id).data.tags[contract.TAG_HEARTBEAT].endswith(" resuming")
@@ -159,13 +162,104 @@ def test_a_run_is_alive_while_its_heartbeat_is_fresh_and_its_process_could_be_ru
         client.set_tag(run_id, contract.TAG_HEARTBEAT, beat)
         return contract.alive(client.get_run(run_id))
 
+    from mlprunes.stages.liveness import process_start
+
     now = time.time()
-    assert alive_with(f"{now} otherhost 4242") == "host otherhost, pid 4242"
-    assert alive_with(f"{now - 1000} otherhost 4242") is None  # silent for three beats
-    assert alive_with(f"{now} {here} {os.getpid()}") == f"host {here}, pid {os.getpid()}"
+    other = subprocess.Popen(["sleep", "60"])          # a live process of this machine
+    try:
+        pid, started = other.pid, process_start(other.pid)
+        assert started is not None
+        assert alive_with(f"{now} otherhost 4242") == "host otherhost, pid 4242"
+        assert alive_with(f"{now - 1000} otherhost 4242") is None  # silent for three beats
+        assert alive_with(f"{now} {here} {pid}") == f"host {here}, pid {pid}"
+        assert alive_with(f"{now} {here} {pid} {started}") == f"host {here}, pid {pid}"
+        # A pid now running another program is not the run's process.
+        assert alive_with(f"{now} {here} {pid} {int(started) + 1}") is None
+        # With no lock to tell, a silent process is alive only while it is stopped (paused).
+        assert alive_with(f"{now - 1000} {here} {pid} {started}") is None
+        other.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)
+        assert alive_with(f"{now - 1000} {here} {pid} {started}") == f"host {here}, pid {pid}"
+    finally:
+        other.kill()
+        other.wait()
+    # This very process does not have the run open, whatever its beat says.
+    assert alive_with(f"{now} {here} {os.getpid()} {process_start(os.getpid())}") is None
     dead = subprocess.Popen(["true"])
     dead.wait()
     assert alive_with(f"{now} {here} {dead.pid}") is None  # this machine, its process gone
     client.set_terminated(run_id, "KILLED")
     assert alive_with(f"{now} otherhost 4242") is None  # ended, and not being taken over
     assert alive_with(f"{now} otherhost 4242 resuming") == "host otherhost, pid 4242"
+
+
+def test_a_paused_pipeline_keeps_its_run_and_a_second_pipeline_waits_for_it(server, tmp_path,
+                                                                           monkeypatch):
+    """SIGSTOP a pipeline for ten heartbeats: on this host its process still has the run open,
+    so a second pipeline waits for its run instead of taking it over; after SIGCONT both end
+    well, each job trained once, each metric logged once per step. (On a tracking server: a
+    process paused inside a SQLite write would lock a shared file store for everyone.)"""
+    from tests.conftest import assert_logged_once
+
+    monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.3")
+    args = ["pipeline", "--preset", "tiny", "--no-progress", "--set",
+            "train.epochs=30;data.shapes_train=512"]
+    first, _ = start(args, tmp_path)
+    run_id = wait_for_running(first, "train", "checkpoints/last.pt")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(3.0)                                   # ten beats of silence
+        second, _ = start(args, tmp_path)
+        deadline = time.time() + 60
+        while time.time() < deadline and second.poll() is None:
+            runs = [r for r in all_runs() if r.data.tags.get("mlprunes.stage") == "pipeline"]
+            if len(runs) == 2:
+                break
+            time.sleep(0.2)
+        time.sleep(4.0)                                   # time enough to take a run over
+        run = MlflowClient().get_run(run_id)
+        assert run.info.status == "RUNNING" and second.poll() is None
+        assert f" {first.pid} " in run.data.tags["mlprunes.heartbeat"]   # still the first's
+    finally:
+        first.send_signal(signal.SIGCONT)
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], [o[-1500:] for o in outputs]
+    assert f"run {run_id} is running on host" in outputs[1], outputs[1][-1500:]
+    runs = [r for r in all_runs() if r.data.tags.get("mlprunes.config_key")]
+    finished = Counter(r.data.tags["mlprunes.config_key"] for r in runs
+                       if r.info.status == "FINISHED")
+    assert set(finished.values()) == {1}, finished
+    steps = [m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 31))
+    assert_logged_once(tmp_path / "server" / "server.db")
+
+
+def test_a_process_whose_run_is_taken_over_stops_before_its_next_log(store, tmp_path,
+                                                                    monkeypatch):
+    """As when a process on another host, paused past three heartbeats, comes back to find
+    its run resumed by someone else: it logs nothing more, leaves the run as the new owner has
+    it, says so in one line and exits non-zero."""
+    monkeypatch.setenv("MLPRUNES_HEARTBEAT_SECONDS", "0.3")
+    client = MlflowClient()
+    proc, _ = start(LONG_TRAIN, tmp_path)
+    run_id = wait_for_running(proc, "train", "checkpoints/last.pt")
+    proc.send_signal(signal.SIGSTOP)          # paused, as the other host saw it
+    time.sleep(1.0)
+    owner = f"{time.time():.1f} otherhost 4242 - resuming"
+    client.set_tag(run_id, "mlprunes.heartbeat", owner)
+    taken_at = time.time()
+    proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-1500:]
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: run {run_id} was taken over by host otherhost, pid 4242 while "
+                      f"this process was not heard from; stopping without logging into it"]
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING"                 # the new owner's to end
+    assert run.data.tags["mlprunes.heartbeat"] == owner
+    # One beat (0.3 s) to notice, then no log: nothing after the takeover but one epoch's
+    # worth of slack for the log that was under way.
+    logged = client.get_metric_history(run_id, "train_loss")
+    assert logged and max(m.step for m in logged) < 40
+    late = [m for m in logged if m.timestamp / 1000 > taken_at + 1.0]
+    assert late == [], [(m.step, m.timestamp / 1000 - taken_at) for m in late]

@@ -300,3 +300,40 @@ def test_round_to_and_the_flops_penalty_reach_every_job_they_shape():
                              "scratch.init='sliced'"])
     with pytest.raises(StageError, match="the criteria have no fisher"):
         load_preset("tiny", ["prune.flops_penalty=0.3", "prune.criteria=['random']"])
+
+
+def test_input_beyond_its_bounds_is_one_line(store, tmp_path):
+    """Each bound a demanding user ran into: one line, in seconds, and no run."""
+    import time
+
+    tiny = ["pipeline", "--preset", "tiny", "--no-progress", "--dry-run"]
+    deep = tmp_path / "deep.toml"
+    deep.write_text('name = "deep"\n[prune]\nprunes = 3\nx = ' + "[" * 100_000 + "]" * 100_000)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b'name = "caf\xe9"\n')
+    seeds = "run.seeds=[" + ",".join(map(str, range(1_000_000))) + "]"
+    cases = [
+        (["pipeline", "--study", str(deep), "--dry-run"],
+         f"{deep}: values nested 100000 deep; at most 16 levels are read"),
+        (["pipeline", "--study", str(binary), "--dry-run"],
+         f"study file {binary} is not UTF-8 text (byte 11: b'\\xe9')"),
+        ([*tiny, "--set", "prune.prunes=" + "[" * 50_000 + "1" + "]" * 50_000],
+         "--set prune.prunes: values nested 50000 deep"),
+        ([*tiny, "--set", seeds], "run.seeds has 1,000,000 items; at most 1,000 are taken"),
+        ([*tiny, "--set", "run.seeds=[" + ",".join(map(str, range(999))) + "]",
+          "--set", "run.max_jobs=5000"],
+         "more than its bound of 5,000; raise it with [run] max_jobs"),
+        ([*tiny, "--set", "name='a\u202eb'"],
+         "name must hold no control or direction characters, got '\\u202e'"),
+        ([*tiny, "--set", 'name="x"\nprune.prunes=3'],
+         "--set name: '\"x\"\\nprune.prunes=3' is more than one TOML value"),
+    ]
+    for args, expected in cases:
+        started = time.time()
+        result = cli(*args)
+        assert result.exit_code != 0 and len(result.error_lines) == 1, (args[-1][:80],
+                                                                      result.stderr[-500:])
+        assert expected in result.error_lines[0], result.error_lines[0][:300]
+        assert "Traceback" not in result.stderr
+        assert time.time() - started < 60, args[-1][:80]
+    assert all_runs() == []

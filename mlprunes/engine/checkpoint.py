@@ -107,11 +107,15 @@ def _no_room(folder: Path, needed: float, free: int) -> str:
             f"{needed / 2 ** 20:,.0f} MB and {free / 2 ** 20:,.0f} MB are free")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint; anything else is one CheckpointError naming the file."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    max_bytes: int | None = None) -> dict[str, Any]:
+    """Read and check a checkpoint; anything else is one CheckpointError naming the file.
+    `max_bytes` bounds what it may inflate to (what its architecture implies, where the caller
+    knows it): the archive's own listing is checked against it before anything is read."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    _check_archive(path, max_bytes)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
@@ -133,6 +137,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (ArchError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path} has no valid architecture description ({err})") from None
     return checkpoint
+
+
+def checkpoint_bound(params: int) -> int:
+    """The most a checkpoint of a network with `params` parameters can honestly hold: weights,
+    optimiser momentum and a per-weight saliency (Hessian) in fp32, twice over, plus 64 MiB
+    for buffers, state and the archive itself."""
+    return 2 * 3 * 4 * params + 64 * 2 ** 20
+
+
+def _check_archive(path: Path, max_bytes: int | None) -> None:
+    """A checkpoint is a zip archive whose members torch stores uncompressed: one that is not
+    an archive is refused as such, and one whose members would inflate beyond the file (or
+    `max_bytes`) is refused before a byte is inflated."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a readable mlprunes checkpoint (not a PyTorch "
+                              f"archive: the file is corrupt or something else)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable mlprunes checkpoint ({err})") from None
+    size = path.stat().st_size
+    bound = size + 2 ** 20 if max_bytes is None else min(size + 2 ** 20, max_bytes)
+    if inflated > bound:
+        raise CheckpointError(f"{path} would inflate to {inflated:,} bytes from {size:,}"
+                              + (f", more than its architecture implies ({max_bytes:,})"
+                                 if max_bytes is not None and inflated > max_bytes else "")
+                              + "; it is not read")
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:

@@ -8,9 +8,6 @@ import json
 import math
 import os
 import re
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +19,14 @@ from mlflow.tracking import MlflowClient
 
 from mlprunes.arch import ArchError, ArchSpec, GraphSpec
 from mlprunes.counting import count_params
-from mlprunes.engine.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from mlprunes.engine.checkpoint import (CheckpointError, checkpoint_bound, load_checkpoint,
+                                        model_from_checkpoint)
 from mlprunes.engine.recipes import Recipe
 from mlprunes.errors import Claimed, StageError
 from mlprunes.jobs import KEY_VERSION, DataConfig, Job
 from mlprunes.nets import build
 from mlprunes.pruning import spec_after
-from mlprunes.stages import kept, tracking
+from mlprunes.stages import digests, kept, liveness, tracking
 
 # -- stages ------------------------------------------------------------------------------------
 TRAIN, PRUNE, SCRATCH, FAMILY = "train", "prune", "scratch", "family"
@@ -60,7 +58,7 @@ TAG_STUDY_PARENT = "mlprunes.study_parent_run_id"   # on a compare run: the pipe
 TAG_COMPARE_RUN = "mlprunes.compare_run_id"
 TAG_REUSED_RUNS = "mlprunes.reused_runs"
 TAG_COMPARED_RUNS = "mlprunes.compared_runs"
-TAG_HEARTBEAT = "mlprunes.heartbeat"                # "<unix time> <host> <pid>" of a live run
+TAG_HEARTBEAT = liveness.TAG_HEARTBEAT              # "<time> <host> <pid> <start>" of a live run
 TAG_LATENCY_REFUSED = "mlprunes.latency_refused"    # on an evaluate run: why no latency
 
 # -- artifacts ---------------------------------------------------------------------------------
@@ -93,7 +91,9 @@ def stage_run(job: Job, run_name: str, tags: dict[str, str], *,
     """The job's one MLflow run, tagged with its stage and key, with a heartbeat while it is
     open. Inside a study (a parent run) a new run claims its key: if another live or finished
     run has it, this one is withdrawn (deleted) and `Claimed` raised before any work."""
-    all_tags = {TAG_STAGE: job.stage, TAG_HEARTBEAT: _beat(), **tags}
+    all_tags = {TAG_STAGE: job.stage, TAG_HEARTBEAT: liveness.beat(), **tags}
+    if resume_run_id is None:   # a run made before digests keeps reading as it was
+        all_tags[digests.TAG_DIGESTS] = "sha256"
     if job.reusable:
         all_tags.update({TAG_CONFIG: job.key, TAG_KEY_VERSION: str(KEY_VERSION),
                          TAG_REPLICATE: replicate_key(job)})
@@ -143,71 +143,10 @@ def replicate_key(job: Job) -> str:
     return job.replicate_key(inputs)
 
 
-# -- liveness ----------------------------------------------------------------------------------
+# -- liveness (stages/liveness.py) -----------------------------------------------------------
 
-def heartbeat_seconds() -> float:
-    """How often a live run says so (MLPRUNES_HEARTBEAT_SECONDS, default 30); a run silent for
-    three times as long is taken for dead."""
-    return float(os.environ.get("MLPRUNES_HEARTBEAT_SECONDS", "30"))
-
-
-def _beat(note: str = "") -> str:
-    return f"{time.time():.1f} {socket.gethostname()} {os.getpid()}{note}"
-
-
-_RESUMING = " resuming"   # the note on a heartbeat written by a process taking a run over
-# How long a process taking over a run waits before reading its heartbeat back: longer than two
-# tag writes that crossed could land apart.
-TAKEOVER_SETTLE_SECONDS = 2.0
-
-
-@contextmanager
-def heartbeat(run_id: str) -> Iterator[None]:
-    """Keep the run's heartbeat tag fresh from a background thread while the body runs."""
-    stop = threading.Event()
-    client = MlflowClient()
-
-    def beat() -> None:
-        while not stop.wait(heartbeat_seconds()):
-            try:
-                client.set_tag(run_id, TAG_HEARTBEAT, _beat())
-            except Exception:  # a store outage: the run goes on, it only looks older
-                pass
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-
-
-def alive(run: Run) -> str | None:
-    """Where a run is alive ("host H, pid P"), or None: a RUNNING run whose heartbeat is fresh,
-    or an interrupted one that a process is taking over (it has not reopened it yet)."""
-    beat = run.data.tags.get(TAG_HEARTBEAT, "")
-    if run.info.status != "RUNNING" and not beat.endswith(_RESUMING):
-        return None
-    parts = beat.split()
-    last = float(parts[0]) if parts else run.info.start_time / 1000
-    if time.time() - last > 3 * heartbeat_seconds():
-        return None
-    if len(parts) < 3:
-        return "an unknown host"
-    if parts[1] == socket.gethostname() and not _process_exists(int(parts[2])):
-        return None  # on this machine, and its process is gone: no need to wait for staleness
-    return f"host {parts[1]}, pid {parts[2]}"
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+heartbeat_seconds, alive, heartbeat = liveness.heartbeat_seconds, liveness.alive, liveness.heartbeat
+fence = liveness.fence
 
 
 def _claim(job: Job, run: Run) -> None:
@@ -279,20 +218,7 @@ def _refuse_if_alive(run: Run, in_study: bool) -> None:
 
 
 def _take_over(run_id: str, in_study: bool) -> None:
-    """Make an interrupted run this process's to resume, just before reopening it. Two
-    processes that both found it interrupted both write their heartbeat, wait, and read it
-    back: the one whose beat was overwritten yields, as to a live run. (MLflow has no
-    compare-and-set; this relies on two crossing writes landing within
-    TAKEOVER_SETTLE_SECONDS of each other.)"""
-    client = MlflowClient()
-    run = client.get_run(run_id)
-    _refuse_if_alive(run, in_study)  # taken since the resume was checked
-    mine = _beat(_RESUMING)
-    client.set_tag(run_id, TAG_HEARTBEAT, mine)
-    time.sleep(TAKEOVER_SETTLE_SECONDS)
-    run = client.get_run(run_id)
-    if run.data.tags.get(TAG_HEARTBEAT) != mine:
-        _refuse_if_alive(run, in_study)
+    liveness.take_over(run_id, lambda run: _refuse_if_alive(run, in_study))
 
 
 def can_resume(run_id: str, stage: str) -> bool:
@@ -354,20 +280,37 @@ def resume_checkpoint(run_id: str, artifact: str | None, tmp: Path, map_location
         return None
     chosen = max(candidates, key=progress)
     if "kept_at" in chosen and kept.pending(run_id):  # the store gets what it missed
-        mlflow.log_artifact(chosen["kept_at"], CHECKPOINTS)
+        digests.log_file(Path(chosen["kept_at"]), CHECKPOINTS)
         kept.uploaded(Path(chosen["kept_at"]))
     return chosen
 
 
 def load_run_checkpoint(run_id: str, artifact: str, tmp: Path,
                         map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint artifact of a run, read safely; errors name the run and the artifact."""
+    """A checkpoint artifact of a run, read safely (no larger than the run's network allows);
+    errors name the run and the artifact."""
     path = tracking.download_artifact(run_id, artifact, tmp)
     try:
-        return load_checkpoint(path, map_location=map_location)
+        checkpoint = load_checkpoint(path, map_location=map_location,
+                                     max_bytes=_checkpoint_bound(run_id))
     except CheckpointError as err:
         raise StageError(f"run {run_id}'s {artifact}: {str(err).replace(str(path), 'file')}"
                          ) from None
+    named = _PRUNE_CHECKPOINT.search(artifact)
+    if named is not None:   # a prune checkpoint holds the prune count its name says
+        held = checkpoint.get("meta", {}).get("prunes")
+        if held != int(named.group(1)):
+            raise StageError(f"run {run_id}'s {artifact} holds the network after {held} prunes, "
+                             f"not {int(named.group(1))}; the artifact was replaced")
+    return checkpoint
+
+
+def _checkpoint_bound(run_id: str) -> int | None:
+    logged = tracking.fetch_run(run_id).data.params.get("arch_spec")
+    try:
+        return checkpoint_bound(count_params(ArchSpec.from_json(logged))) if logged else None
+    except (ArchError, ValueError, TypeError):
+        return None   # refused with its reason where the architecture is checked
 
 
 def check_logged_arch(run: Run, spec: ArchSpec, artifact: str) -> None:
@@ -483,16 +426,69 @@ def _read_pruned_source(prune_run_id: str) -> PrunedSource:
     with tracking.scratch_dir("source") as tmp:
         history_text = tracking.download_artifact(prune_run_id, PRUNE_HISTORY, tmp).read_text()
         arch_text = tracking.download_artifact(prune_run_id, ARCH, tmp).read_text()
+        widths_text = (tracking.download_artifact(prune_run_id, CHECKPOINT_WIDTHS, tmp)
+                       .read_text() if CHECKPOINT_WIDTHS in tracking.list_artifacts(prune_run_id)
+                       else None)
     try:
-        history = json.loads(history_text)
-        if not isinstance(history, list):
-            raise ValueError("not a list")
-        history = [int(i) for i in history]
         spec = ArchSpec.from_json(arch_text)
+        history = json.loads(history_text)
+        widths = None if widths_text is None else json.loads(widths_text)
     except (ValueError, TypeError, ArchError) as err:
         raise StageError(f"prune run {prune_run_id}'s {PRUNE_HISTORY} or {ARCH} is not valid "
                          f"({err})") from None
+    check_logged_arch(run, spec, ARCH)
+    round_to = int(run.data.params.get("round_to", 1))
+    problem = _history_problem(history, spec, round_to)
+    if problem is None:
+        problem = _against_run(run, spec, history, round_to, widths)
+    if problem is not None:
+        raise StageError(f"prune run {prune_run_id}'s {PRUNE_HISTORY}: {problem}")
     return PrunedSource(run, base, spec, history)
+
+
+def _history_problem(history: Any, spec: ArchSpec, round_to: int) -> str | None:
+    """What is wrong with a prune history, read strictly: distinct channel indices of the
+    network, as integers (not strings, booleans or floats), whole prunes of `round_to`."""
+    if not isinstance(history, list):
+        return f"must be a list of channel indices, got {type(history).__name__}"
+    bad = next((c for c in history if type(c) is not int
+                or not 0 <= c < spec.prunable_channels), None)
+    if bad is not None or any(type(c) is not int for c in history):
+        return (f"holds {bad!r}, not a channel index of {spec.name} (integers from 0 to "
+                f"{spec.prunable_channels - 1})")
+    if len(set(history)) != len(history):
+        return "names a channel more than once"
+    if len(history) % round_to:
+        return f"has {len(history)} channels, not whole prunes of {round_to}"
+    return None
+
+
+def _against_run(run: Run, spec: ArchSpec, history: list[int], round_to: int,
+                 widths: Any) -> str | None:
+    """Where a history disagrees with what its run recorded beside it: the final widths (tag
+    and param) and the widths at each saved checkpoint."""
+    final = list(spec_after(spec, history).mids)
+    recorded = run.data.tags.get(TAG_FINAL_MIDS) or run.data.params.get("final_mids")
+    if recorded is not None:
+        try:
+            said = json.loads(recorded)
+        except ValueError:
+            return f"the run's final_mids ({recorded!r}) is not a list of widths"
+        if said != final:
+            return (f"it ends at middle widths {final}, but the run recorded final_mids "
+                    f"{said}")
+    if widths is None:
+        return None
+    if not isinstance(widths, dict):
+        return f"its {CHECKPOINT_WIDTHS} is not a table of widths by prune count"
+    for prunes, mids in widths.items():
+        if not prunes.isdigit() or int(prunes) * round_to > len(history):
+            return f"its {CHECKPOINT_WIDTHS} names a checkpoint at {prunes!r} prunes it never made"
+        expected = list(spec_after(spec, history[:int(prunes) * round_to]).mids)
+        if mids != expected:
+            return (f"after {prunes} prunes it gives middle widths {expected}, but "
+                    f"{CHECKPOINT_WIDTHS} recorded {mids}")
+    return None
 
 
 # -- a run's network, as evaluate and export read it ------------------------------------------

@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from mlprunes.errors import StageError
 from mlprunes.jobs import KEY_VERSION, Job, RunConfig
-from mlprunes.stages import (compare, contract, evaluate, family, finetune, prune, scratch,
-                             tracking, train)
+from mlprunes.stages import (compare, contract, digests, evaluate, family, finetune, liveness,
+                             prune, scratch, tracking, train)
 from mlprunes.stages.common import dataset_classes, load_splits, say
 from mlprunes.study.executor import (NEW, REUSED, RESUMED, EmptyStore, Executor, Failure,
                                      PlannedStep, SequentialExecutor, Step, StudyFailed, plan)
@@ -60,8 +60,17 @@ class MlflowRunStore:
         return None
 
     def wait(self, run_id: str) -> None:
-        while contract.alive(MlflowClient().get_run(run_id)) is not None:
+        client = MlflowClient()
+        while contract.alive(client.get_run(run_id)) is not None:
             time.sleep(min(5.0, contract.heartbeat_seconds()))
+        # Its process died meanwhile: a resume (if it saved a checkpoint) or a new run follows,
+        # and the dead one is not left RUNNING (once its heartbeat is stale; else the next
+        # pipeline marks it).
+        if is_dead(client, run_id):
+            client.set_tag(run_id, contract.TAG_HEARTBEAT, liveness.beat())
+            client.set_terminated(run_id, "KILLED")
+            say(f"[pipeline] run {run_id} was left RUNNING by a process that is gone; marked "
+                f"KILLED")
 
     def resumable(self, job: Job) -> str | None:
         for run in contract.runs_with_key(self.experiment_id, job.key):
@@ -123,49 +132,95 @@ def run_pipeline(plan_: StudyPlan, run: RunConfig, run_name: str | None = None,
     base_spec = _base_spec(plan_)
     name = plan_.name
     study_graph(plan_, name, run, base_spec)  # a study that makes no graph fails before its run
-    tags = {contract.TAG_STAGE: contract.PIPELINE, contract.TAG_PRESET: name}
-    with tracking.open_run(experiment=run.experiment, run_name=run_name or f"pipeline-{name}",
-                           tags=tags) as parent:
+    tags = {contract.TAG_STAGE: contract.PIPELINE, contract.TAG_PRESET: name,
+            contract.TAG_HEARTBEAT: liveness.beat(), digests.TAG_DIGESTS: "sha256"}
+    # Up before the pipeline run: an executor that cannot run a job (a job larger than any Ray
+    # node) is refused with no run made.
+    with chosen.session(), tracking.open_run(
+            experiment=run.experiment, run_name=run_name or f"pipeline-{name}",
+            tags=tags) as parent:
         parent_id = parent.info.run_id
-        # The study travels with its runs: as a study file that runs it again, and as params.
-        tracking.log_params({"preset": name, "base_arch": base_spec.to_json(),
-                             "epochs": plan_.epochs, "prunes": plan_.prunes,
-                             "dataset": plan_.data.dataset,
-                             "seeds": list(plan_.seeds or (run.seed,)),
-                             **study_params(plan_)})
-        mlflow.log_text(study_toml(plan_), contract.STUDY_FILE)
-        say(f"[pipeline] {name}: {plan_.description}; run {parent_id}")
-        if MlflowClient().get_experiment(parent.info.experiment_id).name == "Default":
-            say("[pipeline] this study is going into the experiment 'Default' (`mlflow run` "
-                "without --experiment-name); `mlflow run . --experiment-name mlprunes ...` "
-                "keeps it with the other mlprunes runs")
-        _warn_about_old_keys(parent.info.experiment_id)
-        graph = study_graph(plan_, name, run, base_spec, pipeline_run_id=parent_id)
-        used: list[Step] = []
+        with contract.heartbeat(parent_id):   # alive to other pipelines while it runs
+            return _run_study(plan_, run, executor, chosen, parent, base_spec)
 
-        order = {name: i for i, name in enumerate(graph.names)}
 
-        def record(step: Step) -> None:
-            used.append(step)
-            used.sort(key=lambda s: order[s.node])  # graph order, however the jobs finished
-            if step.how != REUSED and step.stage != contract.COMPARE:
-                MlflowClient().set_tag(step.run_id, contract.TAG_PIPELINE_STEP, step.node)
-            if step.stage != contract.COMPARE:  # compare reads this list
-                mlflow.set_tag(contract.TAG_STUDY_RUNS,
-                               ",".join(s.run_id for s in used if s.stage != contract.COMPARE))
+def _run_study(plan_: StudyPlan, run: RunConfig, executor: ExecutorChoice, chosen,
+               parent, base_spec) -> str:
+    name, parent_id = plan_.name, parent.info.run_id
+    # The study travels with its runs: as a study file that runs it again, and as params.
+    tracking.log_params({"preset": name, "base_arch": base_spec.to_json(),
+                         "epochs": plan_.epochs, "prunes": plan_.prunes,
+                         "dataset": plan_.data.dataset,
+                         "seeds": list(plan_.seeds or (run.seed,)),
+                         **study_params(plan_)})
+    digests.log_text(study_toml(plan_), contract.STUDY_FILE)
+    say(f"[pipeline] {name}: {plan_.description}; run {parent_id}")
+    if MlflowClient().get_experiment(parent.info.experiment_id).name == "Default":
+        say("[pipeline] this study is going into the experiment 'Default' (`mlflow run` "
+            "without --experiment-name); `mlflow run . --experiment-name mlprunes ...` "
+            "keeps it with the other mlprunes runs")
+    _warn_about_old_keys(parent.info.experiment_id)
+    mark_dead_runs(parent.info.experiment_id, own=parent_id)
+    graph = study_graph(plan_, name, run, base_spec, pipeline_run_id=parent_id)
+    used: list[Step] = []
 
-        tracking.log_params({"executor": executor.name})
-        try:
-            chosen.run(graph, launch, MlflowRunStore(parent.info.experiment_id),
-                       parent_run_id=parent_id, on_step=record)
-        except StudyFailed as failed:
-            _log_summary(used, failed.failures)
-            raise
-        _log_summary(used)
-        return parent_id
+    order = {name: i for i, name in enumerate(graph.names)}
+
+    def record(step: Step) -> None:
+        contract.fence(parent_id)   # a paused pipeline whose run was taken stops here
+        used.append(step)
+        used.sort(key=lambda s: order[s.node])  # graph order, however the jobs finished
+        if step.how != REUSED and step.stage != contract.COMPARE:
+            MlflowClient().set_tag(step.run_id, contract.TAG_PIPELINE_STEP, step.node)
+        if step.stage != contract.COMPARE:  # compare reads this list
+            mlflow.set_tag(contract.TAG_STUDY_RUNS,
+                           ",".join(s.run_id for s in used if s.stage != contract.COMPARE))
+
+    tracking.log_params({"executor": executor.name})
+    try:
+        chosen.run(graph, launch, MlflowRunStore(parent.info.experiment_id),
+                   parent_run_id=parent_id, on_step=record)
+    except StudyFailed as failed:
+        _log_summary(used, failed.failures)
+        raise
+    _log_summary(used)
+    return parent_id
+
+
+def mark_dead_runs(experiment_id: str, own: str) -> list[str]:
+    """Mark KILLED the experiment's mlprunes runs left RUNNING by a process that is gone (its
+    pid is not running on this host, or its heartbeat went silent elsewhere): a killed pipeline's
+    own run, and runs that died before their first checkpoint and were run anew. A run that
+    has a checkpoint stays resumable as KILLED. The heartbeat is overwritten too, so that a
+    process that was only paused, on another host, finds the run no longer its own."""
+    client, marked = MlflowClient(), []
+    for found in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                    max_results=5000):
+        if found.info.run_id == own or contract.TAG_STAGE not in found.data.tags:
+            continue
+        if not is_dead(client, found.info.run_id):
+            continue
+        dead = client.get_run(found.info.run_id)
+        client.set_tag(dead.info.run_id, contract.TAG_HEARTBEAT, liveness.beat())
+        client.set_terminated(dead.info.run_id, "KILLED")
+        marked.append(dead.info.run_id)
+        say(f"[pipeline] run {dead.info.run_id} ({dead.info.run_name}) was left RUNNING by a "
+            f"process that is gone; marked KILLED")
+    return marked
+
+
+def is_dead(client: MlflowClient, run_id: str) -> bool:
+    """A RUNNING run whose process is gone, read afresh (another process may have resumed it
+    since a search listed it): not alive, and either its process let its lock go here, or its
+    heartbeat has been silent for three beats (so that a live run of a container that shares
+    this host name but not its processes is never taken)."""
+    run = client.get_run(run_id)
+    return (run.info.status == "RUNNING" and contract.alive(run) is None
+            and (liveness.released(run) or liveness.stale(run)))
 
 
 def _log_summary(used: list[Step], failures: Sequence[Failure] = ()) -> None:
+    contract.fence(mlflow.active_run().info.run_id)
     rows = [{"step": s.node, "run_id": s.run_id, "how": s.how, "reason": ""} for s in used]
     rows += [{"step": f.node, "run_id": "", "how": f.how, "reason": f.reason} for f in failures]
     tracking.log_csv(rows, contract.PIPELINE_TABLE, ["step", "run_id", "how", "reason"])

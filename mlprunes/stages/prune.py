@@ -24,7 +24,7 @@ from mlprunes.nets import build, is_mask_key
 from mlprunes.pruning import Pruner, compress, make_saliency, spec_after
 from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, finetune_share,
                                    prune_while_finetuning, restore, schedule_caveat)
-from mlprunes.stages import contract, kept, tracking
+from mlprunes.stages import contract, digests, kept, tracking
 from mlprunes.stages.common import (check_batches, check_input, load_splits, make_loaders, say,
                                     spec_json)
 from mlprunes.stages.trained import log_final
@@ -100,19 +100,25 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                     **contract.arch_params(spec), "device": job.run.device,
                     "compile": job.run.compile, "channels_last": job.run.channels_last,
                     "log_model": job.log_model})
-                mlflow.log_text(spec_json(spec), contract.ARCH)
+                digests.log_text(spec_json(spec), contract.ARCH)
             each = f" of {job.round_to} channels" if job.round_to > 1 else ""
             say(f"[prune] {name}: {job.prunes} {label} prunes{each} of {spec.name} "
                 f"({spec.prunable_channels} channels), {job.prune_every} steps each, "
                 f"run {run_id}")
 
             def log_point(point: dict[str, Any]) -> None:
+                contract.fence(run_id)
                 if point["prunes"] <= logged_through:  # logged before a kill, recomputed now
                     return
-                mlflow.log_metrics({k: v for k, v in point.items() if k != "prunes"},
+                # The last point's size and cost are the final network's: `log_final` logs
+                # them at this step, linked to its model, so they are not logged twice.
+                last = point["prunes"] == job.prunes
+                mlflow.log_metrics({k: v for k, v in point.items()
+                                    if k != "prunes" and not (last and k in FINAL_KEYS)},
                                    step=point["prunes"])
 
             def log_checkpoint(prunes: int, checkpoint: dict[str, Any]) -> None:
+                contract.fence(run_id)
                 _log_saved(run_id, prunes, checkpoint, pruner.history,
                            checkpoint["meta"]["curve"], checkpoint_widths(spec, pruner.history,
                                                                           prunes, job))
@@ -123,7 +129,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                                    on_save=[log_checkpoint], test_loader=loaders.test,
                                    progress=job.run.progress)
             final = spec_after(spec, pruner.history)
-            mlflow.log_text(spec_json(final), contract.FINAL_ARCH)
+            digests.log_text(spec_json(final), contract.FINAL_ARCH)
             tracking.log_params({"final_mids": list(final.mids)})
             mlflow.set_tag(contract.TAG_FINAL_MIDS, json.dumps(list(final.mids)))
             log_final(compress(trainer.model), trainer.amp_dtype, loaders, splits.image_size,
@@ -132,6 +138,9 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                       train_macs=macs_before + finetune_macs(trainer, pruner,
                                                              splits.image_size))
             return run_id
+
+
+FINAL_KEYS = ("params", "flops", "channels_left", "train_macs")   # also in `log_final`
 
 
 def check_prune_count(spec, prunes: int, keep_one: bool, round_to: int) -> None:
@@ -176,11 +185,11 @@ def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: li
     with deferred():
         name = Path(contract.prune_checkpoint(prunes)).name
         path = save_checkpoint(checkpoint, kept.path(run_id, name))
-        mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+        digests.log_file(path, contract.CHECKPOINTS)
         kept.uploaded(path)
         kept.keep_only(path)
-        mlflow.log_text(json.dumps(history), contract.PRUNE_HISTORY)
-        mlflow.log_text(json.dumps(widths, indent=1), contract.CHECKPOINT_WIDTHS)
+        digests.log_text(json.dumps(history), contract.PRUNE_HISTORY)
+        digests.log_text(json.dumps(widths, indent=1), contract.CHECKPOINT_WIDTHS)
         tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
 
 

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from mlprunes import signals
 from mlprunes.errors import Interrupted, StageError
+from mlprunes.stages import digests, liveness
 
 # Retries of the first request: a server that is down when a stage starts is one clear line in
 # seconds. Once a stage has begun, MLflow's own retries apply (7, with backoff: about four
@@ -223,12 +224,64 @@ def _first_request(uri: str) -> None:
 
 
 def set_experiment(name: str):
-    """The experiment, made if it does not exist: two processes may both try to make it."""
+    """The experiment, made if it does not exist (two processes may both try to make it),
+    with an artifact location this process can write: checked before it is made, so that an
+    experiment is never left pointing at a folder no run can write."""
+    if MlflowClient().get_experiment_by_name(name) is None:
+        _check_default_artifact_root(name)
     try:
-        return mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
     except MlflowException:
         time.sleep(0.5)
-        return mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
+    check_artifact_location(experiment)
+    return experiment
+
+
+def _local_path(location: str) -> Path | None:
+    """The folder an artifact location names on this machine, or None (a server's, a cloud
+    bucket's)."""
+    if location.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(location).path))
+    return Path(location) if location and ":" not in location else None
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process can make or write `folder`: tried in its nearest existing ancestor
+    (permission bits do not tell for root, nor on a read-only mount)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        handle, name = tempfile.mkstemp(prefix=".mlprunes-write-test-", dir=folder)
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(name)
+    return True
+
+
+def _check_default_artifact_root(name: str) -> None:
+    # A database store reached directly (SQLite, PostgreSQL, MySQL) puts a new experiment's
+    # artifacts under ./mlruns, where it runs; a server or a file store has its own place.
+    if _is_server(mlflow.get_tracking_uri()) or _is_path(mlflow.get_tracking_uri()) or \
+            mlflow.get_tracking_uri().startswith(("file:", "databricks")):
+        return
+    root = Path.cwd() / "mlruns"
+    if not _writable(root):
+        raise StageError(f"cannot make the experiment {name!r} here: its artifacts would go "
+                         f"under {root}, which this process cannot write; run from a folder "
+                         f"it can write")
+
+
+def check_artifact_location(experiment) -> None:
+    local = _local_path(experiment.artifact_location or "")
+    if local is not None and not _writable(local):
+        raise StageError(f"experiment {experiment.name!r} keeps its artifacts at {local}, which "
+                         f"this process cannot write; make it writable, or use another "
+                         f"experiment (--experiment)")
 
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -341,6 +394,10 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
         try:
             yield run
         except BaseException as err:
+            if isinstance(err, liveness.RunTakenOver) and err.run_id == run.info.run_id:
+                # Another process owns the run now: leave it exactly as that process has it.
+                _forget_active_run(run.info.run_id)
+                raise
             if unreachable(err):
                 # The run cannot be marked now: it stays as the store last saw it, and once
                 # its heartbeat is stale it is taken for interrupted (and can be resumed).
@@ -364,6 +421,15 @@ def open_run(*, experiment: str, run_name: str, tags: dict[str, str],
             print(f"run {run.info.run_id} stopped and marked KILLED", file=sys.stderr,
                   flush=True)
             raise
+
+
+def _forget_active_run(run_id: str) -> None:
+    """Drop a run from MLflow's stack of active runs without ending it (ending it would write
+    its status into a run another process now owns). MLflow has no public call for this."""
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    stack[:] = [r for r in stack if r.info.run_id != run_id]
 
 
 def fetch_run(run_id: str) -> Run:
@@ -405,7 +471,8 @@ def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
 
 
 def download_artifact(run_id: str, path: str, dst: Path) -> Path:
-    """One artifact of a run into `dst` (a directory we own, never MLflow's temp default)."""
+    """One artifact of a run into `dst` (a directory we own, never MLflow's temp default),
+    checked against the digest its run recorded."""
     dst.mkdir(parents=True, exist_ok=True)
     try:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
@@ -415,6 +482,7 @@ def download_artifact(run_id: str, path: str, dst: Path) -> Path:
             raise
         raise StageError(f"run {run_id} has no artifact {path!r} ({str(err).splitlines()[0]})"
                          ) from None
+    digests.check(run_id, path, Path(local))
     return Path(local)
 
 

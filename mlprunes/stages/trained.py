@@ -32,7 +32,7 @@ from mlprunes.signals import deferred
 from mlprunes.jobs import DataConfig, RunConfig
 from mlprunes.nets import build
 from mlprunes.pruning import build_sliced
-from mlprunes.stages import contract, kept, tracking
+from mlprunes.stages import contract, digests, kept, tracking
 from mlprunes.stages.contract import PrunedSource
 from mlprunes.stages.common import (Loaders, check_batches, check_fits, check_input,
                                     load_splits, make_loaders, say, spec_json)
@@ -126,7 +126,7 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
             if resume:  # killed before its first checkpoint: the same run, from the start
                 say(f"run {run_id} saved no checkpoint; training it again from the start")
             tracking.log_params({**training_params(t), **params})  # skips those logged
-            mlflow.log_text(spec_json(t.spec), contract.ARCH)
+            digests.log_text(spec_json(t.spec), contract.ARCH)
             if tracking.last_logged_step(run_id, "params") < 0:
                 mlflow.log_metrics(size_metrics(t.spec, image_size), step=0)
             if t.start is not None and tracking.last_logged_step(run_id, "test_error") < 0:
@@ -136,6 +136,7 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
             f"epochs on {t.data.dataset} ({len(prepared.splits.train)} images), run {run_id}")
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            contract.fence(run_id)
             if epoch > logged_through:  # epochs after the checkpoint a killed run logged
                 mlflow.log_metrics(metrics, step=epoch)
             say(f"[{t.label}] epoch {epoch}/{t.recipe.epochs} "
@@ -147,7 +148,7 @@ def train_in_run(prepared: Prepared, run_id: str, name: str, params: dict[str, A
                 with deferred():  # a stop signal waits until the checkpoint is whole
                     # Kept on this machine too, in case the store is lost before the upload.
                     path = save_checkpoint(checkpoint, kept.path(run_id, Path(contract.LAST).name))
-                    mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+                    digests.log_file(path, contract.CHECKPOINTS)
                     kept.uploaded(path)
 
         fit(trainer, loaders.eval, callbacks=[log_epoch])
@@ -177,16 +178,21 @@ def log_final(model: torch.nn.Module, amp_dtype, loaders: Loaders, image_size, t
               model_name: str = "model") -> dict[str, float]:
     """Test metrics, sizes, training cost, the final checkpoint and the logged model (named
     `model_name`, its metrics linked to it, so that the Models page lists and ranks it)."""
+    run_id = mlflow.active_run().info.run_id
     result = evaluate(model, loaders.test, amp_dtype)
+    contract.fence(run_id)
     metrics = {"test_error": result["error"], "test_top5_error": result["top5_error"],
                "test_loss": result["loss"], "train_macs": train_macs,
                **size_metrics(model.spec, image_size)}
     checkpoint = make_checkpoint(model, meta={"test_error": result["error"]})
     with deferred():
         path = save_checkpoint(checkpoint, tmp / Path(contract.FINAL).name)
-        mlflow.log_artifact(str(path), contract.CHECKPOINTS)
+        digests.log_file(path, contract.CHECKPOINTS)
     model_id = log_network(model, image_size, model_name) if log_model else None
-    mlflow.log_metrics(metrics, step=step, model_id=model_id)
+    # A run resumed after this point was logged (killed before it ended) logs it only once.
+    fresh = {k: v for k, v in metrics.items() if tracking.last_logged_step(run_id, k) < step}
+    if fresh:
+        mlflow.log_metrics(fresh, step=step, model_id=model_id)
     say(f"test error {result['error']:.2f}% (top-5 {result['top5_error']:.2f}%), "
         f"{metrics['params']:,.0f} params, {metrics['flops']:,.0f} MACs")
     return metrics

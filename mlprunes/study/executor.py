@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Protocol
 
 from mlprunes.errors import Claimed, StageError
 from mlprunes.jobs import Job
@@ -119,6 +120,10 @@ def run_node(name: str, job: Job, launch: Launch, store: RunStore,
 
 
 class Executor(Protocol):
+    def session(self) -> ContextManager[None]:
+        """Whatever the executor needs up before any run is made (a Ray instance), so that
+        one it cannot have is refused while nothing has been logged."""
+
     def run(self, graph: Graph, launch: Launch, store: RunStore,
             parent_run_id: str | None = None,
             on_step: Callable[[Step], None] | None = None) -> list[Step]:
@@ -131,6 +136,9 @@ class SequentialExecutor:
 
     def __init__(self, log: Log = _stderr) -> None:
         self.log = log
+
+    def session(self) -> ContextManager[None]:
+        return nullcontext()
 
     def run(self, graph: Graph, launch: Launch, store: RunStore,
             parent_run_id: str | None = None,

@@ -17,6 +17,7 @@ from mlprunes.arch import ArchSpec, make_spec
 from mlprunes.counting import count_params
 from mlprunes.engine.recipes import Recipe
 from mlprunes.engine.recipes import default_preset, preset as recipe_preset
+from mlprunes.errors import StageError
 from mlprunes.jobs import (FINETUNE_TAGS, CompareJob, DataChoice, DataConfig, EvaluateJob,
                            FamilyJob, FinetuneJob, PruneJob, RecipeChoice, RunConfig, ScratchJob,
                            TrainJob, criterion_label)
@@ -60,6 +61,7 @@ class StudyPlan:
     evaluate_batch_size: int = 64
     seeds: tuple[int, ...] | None = None       # None: the run's own --seed
     log_model: bool = True
+    max_jobs: int = 10_000                     # a bound on the study's jobs ([run] max_jobs)
     name: str = "study"
     description: str = ""
 
@@ -83,8 +85,15 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
     """The study's jobs for each of its seeds (the base network, its prune runs, their
     architectures trained from scratch, reduced baselines, a family, evaluations), and the
     comparison after all of them."""
-    graph = Graph()
     seeds = plan.seeds if plan.seeds is not None else (run.seed,)
+    if len(seeds) > 1:   # bounded before the whole graph is made: from one seed's jobs
+        per_seed = len(study_graph(replace(plan, seeds=seeds[:1]), preset, run, base_spec)) - 1
+        if per_seed * len(seeds) + 1 > plan.max_jobs:
+            raise StageError(f"the study has {per_seed * len(seeds) + 1:,} jobs ({per_seed} per "
+                             f"seed, {len(seeds):,} seeds), more than its bound of "
+                             f"{plan.max_jobs:,}; raise it with [run] max_jobs (or --set "
+                             f"run.max_jobs=N) if that is meant")
+    graph = Graph()
     made = {}
     uniform = tuple(u for u in uniform_baselines(plan, base_spec) if u not in plan.baselines)
     for seed in seeds:
@@ -101,6 +110,10 @@ def study_graph(plan: StudyPlan, preset: str, run: RunConfig, base_spec: ArchSpe
     graph.add("compare", CompareJob(experiment=run.experiment, parent_run_id=pipeline_run_id,
                                     run=run, run_name=f"compare-{preset}"),
               after=tuple(graph.names))
+    if len(graph) > plan.max_jobs:
+        raise StageError(f"the study has {len(graph):,} jobs, more than its bound of "
+                         f"{plan.max_jobs:,}; raise it with [run] max_jobs (or --set "
+                         f"run.max_jobs=N) if that is meant")
     return graph
 
 

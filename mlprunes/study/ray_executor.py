@@ -15,7 +15,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from mlprunes import signals
 from mlprunes.errors import StageError
@@ -36,6 +37,10 @@ def _task(name, job, launch, store, parent_run_id) -> Step:
     cancelled task gets SIGINT, which stops the stage as a signal stops it anywhere: after any
     checkpoint being written, with its run marked KILLED."""
     _use_reserved_cpus()
+    # A worker started with the driver's environment would see `mlflow run`'s MLFLOW_RUN_ID
+    # (the pipeline's own run, which MLflow drops from the driver's environment only once it
+    # opens it), and MLflow would log the job into that run.
+    os.environ.pop("MLFLOW_RUN_ID", None)
     with signals.stop_on_signals():
         return run_node(name, job, launch, store, parent_run_id, log=_stderr)
 
@@ -63,18 +68,25 @@ class RayExecutor:
         self.address, self.cpus, self.gpus, self.log = address, cpus_per_job, gpus_per_job, log
         self.env = dict(env or {})
 
-    def run(self, graph: Graph, launch: Launch, store: RunStore,
-            parent_run_id: str | None = None,
-            on_step: Callable[[Step], None] | None = None) -> list[Step]:
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Ray up, and the job size checked against its nodes, for the body (and shut down
+        after, if started here)."""
         ray = import_ray()
         started_here = not ray.is_initialized()
         try:
             if started_here:
                 self._start(ray)
-            return self._schedule(ray, graph, launch, store, parent_run_id, on_step)
+            yield
         finally:
             if started_here and ray.is_initialized():
                 ray.shutdown()
+
+    def run(self, graph: Graph, launch: Launch, store: RunStore,
+            parent_run_id: str | None = None,
+            on_step: Callable[[Step], None] | None = None) -> list[Step]:
+        with self.session():   # already up, when the pipeline started it before its run
+            return self._schedule(import_ray(), graph, launch, store, parent_run_id, on_step)
 
     def _start(self, ray: Any) -> None:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -89,7 +101,7 @@ class RayExecutor:
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             ray.init(**options)
-        except (ConnectionError, RuntimeError, ValueError) as err:
+        except (ConnectionError, RuntimeError, ValueError, OSError) as err:
             raise StageError(f"cannot start Ray ({self.address or 'local'}): "
                              f"{str(err).strip().splitlines()[0]}") from None
         for signum, handler in handlers.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+import unicodedata
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,11 @@ PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100", "resnet-56", "vgg
 # -- what each key may hold ----------------------------------------------------------------------
 
 Check = Callable[[Any], str | None]   # a problem with the value, or None
+
+
+MAX_DEPTH = 16        # tables and arrays inside one another: a study needs four
+MAX_SEEDS = 1_000
+MAX_JOBS = 10_000     # a study's jobs, unless its [run] max_jobs says more
 
 
 def _integer(low: int | None = None, high: int | None = None) -> Check:
@@ -77,6 +83,32 @@ def _text(v):
     return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
 
 
+# Characters that reorder the text around them (bidirectional controls), which a terminal or a
+# run name would carry out of sight. Joiners (U+200C, U+200D), which Persian, Indic scripts and
+# emoji need, are not among them.
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unprintable(v: str, allowed: str = "") -> str | None:
+    """The first control or direction character in `v`, or None."""
+    return next((c for c in v if c not in allowed and (
+        c in _BIDI or unicodedata.category(c) in ("Cc", "Zl", "Zp"))), None)
+
+
+def _name(v):
+    problem = _text(v)
+    if problem is None and (c := _unprintable(v)) is not None:
+        problem = f"must hold no control or direction characters, got {c!r} in {v!r}"
+    return problem
+
+
+def _description(v):
+    if not isinstance(v, str):
+        return f"must be a string, got {v!r}"
+    c = _unprintable(v, allowed="\n\t")
+    return None if c is None else f"must hold no control or direction characters, got {c!r}"
+
+
 def _one_of(choices: Iterable[str]) -> Check:
     choices = tuple(choices)
 
@@ -85,12 +117,15 @@ def _one_of(choices: Iterable[str]) -> Check:
     return check
 
 
-def _list_of(item: Check, *, unique: bool = False, empty: bool = True) -> Check:
+def _list_of(item: Check, *, unique: bool = False, empty: bool = True,
+             most: int = 10_000) -> Check:
     def check(v):
         if not isinstance(v, list):
             return f"must be a list, got {v!r}"
         if not v and not empty:
             return "must not be empty"
+        if len(v) > most:
+            return f"has {len(v):,} items; at most {most:,} are taken"
         for x in v:
             problem = item(x)
             if problem:
@@ -144,8 +179,7 @@ NETWORK = {"family": _network_name, "arch": _network_name, "depth": _integer(1, 
            "groups": _one_of(GROUP_RULES)}
 
 SCHEMA: dict[str, dict[str, Check]] = {
-    "": {"name": _text, "description": lambda v: None if isinstance(v, str)
-         else f"must be a string, got {v!r}"},
+    "": {"name": _name, "description": _description},
     "data": {"dataset": _one_of(DATASETS), "data_dir": _text, "download": _boolean,
              "val_split": _number(0, high=0.9), "image_size": _integer(4, 8192),
              "shapes_train": _integer(2, 10 ** 7), "shapes_test": _integer(1, 10 ** 7),
@@ -175,8 +209,9 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "family": {"budgets": _list_of(_number(above=0), unique=True),
                "budget": _one_of(BUDGETS)},
     "evaluate": {"enabled": _boolean, "batch_size": _integer(1, 65536)},
-    "run": {"seeds": _list_of(_integer(0, 2 ** 32 - 1), unique=True, empty=False),
-            "log_model": _boolean},
+    "run": {"seeds": _list_of(_integer(0, 2 ** 32 - 1), unique=True, empty=False,
+                              most=MAX_SEEDS),
+            "log_model": _boolean, "max_jobs": _integer(1, 10 ** 7)},
 }
 _SWEEPS = {"depths": "depth", "widths": "width", "growths": "growth", "bottles": "bottle"}
 _RECIPE_REALS = ("lr", "momentum", "weight_decay", "milestones", "gamma")
@@ -204,25 +239,80 @@ def load_preset(name: str, sets: Iterable[str] = ()) -> StudyPlan:
 def load_study_file(path: str | Path, sets: Iterable[str] = ()) -> StudyPlan:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise StageError(f"cannot read study file {path}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StageError(f"study file {path} is not UTF-8 text (byte {err.start}: "
+                         f"{data[err.start:err.start + 1]!r})") from None
     return parse_study(text, str(path), sets, default_name=path.stem)
 
 
 def parse_study(text: str, source: str, sets: Iterable[str] = (),
                 default_name: str = "study") -> StudyPlan:
     """A study from TOML text with `--set` overrides applied, checked field by field."""
-    try:
-        tree = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise StageError(f"{source} is not valid TOML: {err}") from None
+    tree = _toml_within_depth(text, source)
     for given in sets:  # one --set may hold several, separated by ';' (for `mlflow run -P`)
         for item in filter(str.strip, given.split(";")):
             _apply_set(tree, item, source)
     _check(tree, source)
     _as_floats(tree)
     return _plan(tree, source, default_name)
+
+
+def _toml_within_depth(text: str, source: str) -> dict[str, Any]:
+    """TOML parsed, refusing nesting deeper than MAX_DEPTH before the parser recurses into it
+    (brackets and braces outside strings and comments, counted without parsing)."""
+    depth, deepest, quote, i = 0, 0, None, 0
+    while i < len(text):
+        c = text[i]
+        if quote is not None:
+            if c == "\\" and quote in ('"', '"""'):
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                if len(quote) == 3:   # a multi-line string may end in up to two more quotes
+                    while i < len(text) and text[i] == quote[0] and text.startswith(quote, i - 2):
+                        i += 1
+                quote = None
+                continue
+        elif c == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    if deepest > MAX_DEPTH:
+        raise StageError(f"{source}: values nested {deepest} deep; at most {MAX_DEPTH} levels "
+                         f"are read")
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise StageError(f"{source} is not valid TOML: {err}") from None
+    except RecursionError:
+        raise StageError(f"{source}: values nested too deeply to read") from None
+    # Dotted keys (a.b.c = 1) nest without brackets: the tree itself, walked without recursion.
+    stack = [(tree, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise StageError(f"{source}: values nested more than {MAX_DEPTH} levels deep")
+        children = value.values() if isinstance(value, dict) else value if isinstance(
+            value, list) else ()
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return tree
 
 
 def _as_floats(tree: dict[str, Any]) -> None:
@@ -248,10 +338,20 @@ def _apply_set(tree: dict[str, Any], item: str, source: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise StageError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. prune.prunes=300")
+    raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()  # a bare word: a string
+        parsed = _toml_within_depth(f"v = {raw}", f"--set {key}")
+    except StageError as err:
+        if "not valid TOML" not in str(err):
+            raise
+        parsed = {"v": raw}  # a bare word: a string
+        if _unprintable(raw) is not None:
+            raise StageError(f"--set {key}: a bare word must be one line of printable text, "
+                             f"got {raw!r}; quote a TOML string") from None
+    if set(parsed) != {"v"}:
+        raise StageError(f"--set {key}: {raw!r} is more than one TOML value (give one value "
+                         f"per --set, or separate them with ';')")
+    value = parsed["v"]
     *sections, name = key.split(".")
     if len(sections) > 1:
         raise StageError(f"--set {item!r}: keys are SECTION.KEY (or a top-level KEY)")
@@ -402,7 +502,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         evaluate=evaluate.get("enabled", True),
         evaluate_batch_size=evaluate.get("batch_size", 64),
         seeds=tuple(seeds) if seeds is not None else None,
-        log_model=run.get("log_model", True))
+        log_model=run.get("log_model", True), max_jobs=run.get("max_jobs", MAX_JOBS))
 
 
 def _check_finetune(points: dict[str, Any], recipe: dict[str, Any], schedule: dict[str, Any],
@@ -466,6 +566,8 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
     }
     if plan.seeds is not None:
         tree["run"]["seeds"] = list(plan.seeds)
+    if plan.max_jobs != MAX_JOBS:
+        tree["run"]["max_jobs"] = plan.max_jobs
     if plan.round_to != 1:
         tree["network"]["round_to"] = plan.round_to
     if plan.flops_penalty:
