@@ -44,7 +44,8 @@ def test_no_stage_module_but_the_pipeline_imports_another_stage():
 
 
 def test_the_stage_modules_are_what_this_test_thinks():
-    shared = {"contract", "tracking", "trained", "common", "kept", "liveness", "digests"}
+    shared = {"contract", "tracking", "trained", "common", "kept", "liveness", "digests",
+              "views"}
     assert {p.stem for p in (PACKAGE / "stages").glob("*.py")} == STAGE_MODULES | shared
 
 

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, LogLocator  # noqa: E402
 
 from mlprunes.report.answers import Answer, is_reduced, leaderboard  # noqa: E402
+from mlprunes.report.colours import style  # noqa: E402
 from mlprunes.report.pareto import pareto_front  # noqa: E402
 from mlprunes.report.records import RunRecord, criterion_name, replicate_groups  # noqa: E402
 from mlprunes.report.stats import mean, mean_curve, std  # noqa: E402
@@ -31,37 +32,6 @@ AXES = {
     "latency": ("Measured latency, batch 1 (ms)", "latency_vs_error"),
 }
 TEST, VALIDATION = "Test error (%)", "Validation error (%)"
-
-# Groups a reader compares side by side get related colours: pruned (blues/greens),
-# from-scratch pruned architectures (oranges), reduced baselines (reds/purples).
-STYLES = [
-    # Fine-tuned after pruning: the pruned curve's colour family, a marker of its own (before
-    # the "Fisher prune" prefix, which would take them too).
-    ("Fisher pruned, then fine-tuned", "#17becf", "d"),
-    ("L1 pruned, then fine-tuned", "#98df8a", "d"),
-    ("Random pruned, then fine-tuned", "#525252", "d"),
-    ("Fisher prune", "#1f77b4", "."), ("L1 prune", "#2ca02c", "."),
-    ("L2 prune", "#006d2c", "."), ("LAMP prune", "#74c476", "."),
-    ("Taylor prune", "#6baed6", "."), ("BN scale prune", "#08306b", "."),
-    ("FPGM prune", "#3182bd", "."),
-    ("Random prune", "#7f7f7f", "."), ("Fisher arch. from scratch (Scratch-B)", "#8c564b", "P"),
-    ("Fisher arch", "#ff7f0e", "o"), ("L1 arch", "#bcbd22", "s"),
-    ("Random arch", "#c7c7c7", "o"), ("Fisher family", "#e377c2", "D"),
-    ("L1 family", "#9467bd", "D"), ("Full network", "#000000", "*"),
-    ("Reduced depth", "#d62728", "v"), ("Reduced width", "#9467bd", "^"),
-    ("Reduced growth", "#9467bd", "^"), ("Reduced depth and width", "#17becf", "<"),
-    ("Bottleneck", "#8c564b", "X"), ("Uniform width", "#9467bd", "^"),
-    ("Smaller network", "#d62728", "v"),
-    ("Trained from scratch", "#17becf", "h"),
-]
-
-
-def style(group: str) -> tuple[str, str]:
-    for prefix, colour, marker in STYLES:
-        if group.startswith(prefix):
-            return colour, marker
-    return "#333333", "o"
-
 
 @dataclass
 class Series:

@@ -20,7 +20,7 @@ from mlprunes.report.records import CurvePoint, RunRecord, assign_groups
 from mlprunes.report.table import CONFIG_COLUMNS, configurations, rows, write_csv
 from mlprunes.errors import StageError
 from mlprunes.jobs import DEFAULT_EXPERIMENT, CompareJob
-from mlprunes.stages import contract, tracking
+from mlprunes.stages import contract, tracking, views
 from mlprunes.stages.common import say
 from mlprunes.stages.contract import STUDY_STAGES, TAG_STAGE
 
@@ -231,10 +231,24 @@ def run(job: CompareJob, parent_run_id: str | None = None,
             mlflow.log_artifact(str(tmp / "report.html"))
         mlflow.log_metrics({"runs": len(records), **answer_metrics(answers)})
         registered = register(job.register, front) if front else []
-        tracking.describe_run(description(run, len(records), job, answers, registered))
+        published = views.publish(run.info.experiment_id, view_scope(job, run), records)
+        if published is not None:
+            mlflow.set_tag(views.TAG_PRUNING_CURVES, published.route)
+        tracking.describe_run(description(run, len(records), job, answers, registered,
+                                          published))
         for answer in answers:
             say(f"[compare] Q{answer.question}: {answer.summary}")
         return run.info.run_id
+
+
+def view_scope(job: CompareJob, run: Run) -> str:
+    """What the compare run's views are named after and filtered to: a pipeline's study by its
+    name (a study run again keeps its views), else the compare run's name, or its ID."""
+    if job.parent_run_id:
+        study = MlflowClient().get_run(job.parent_run_id).data.params.get("preset")
+        if study:
+            return study
+    return job.run_name or f"compare {run.info.run_id[:8]}"
 
 
 def front_models(name: str, records, experiment_ids: list[str]) -> list[tuple[RunRecord, str]]:
@@ -301,7 +315,7 @@ ANSWERS_IN_DESCRIPTION = 5000
 
 
 def description(run, compared: int, job: CompareJob, answers,
-                registered: list[str] = ()) -> str:
+                registered: list[str] = (), published: views.Published | None = None) -> str:
     """The compare run's description: what it compared, where the report is, the answers."""
     source = (f"the study of pipeline run `{job.parent_run_id}`" if job.parent_run_id
               else f"{compared} finished runs")
@@ -312,6 +326,7 @@ def description(run, compared: int, job: CompareJob, answers,
                   + "\n\n(more in `answers.json` and the report)")
     text = (f"**Report:** [report.html]({report}) (Artifacts tab), with plots, "
             f"`answers.json`, `runs.csv` and `configurations.csv` beside it.\n\n"
+            f"{views.markdown(published)}"
             f"Compares {source} ({compared} runs).\n\n"
             f"**Answers** (difference first - second, 95% CI, n seeds):\n\n{listed}\n")
     if registered:

@@ -234,6 +234,9 @@ def _log_summary(used: list[Step], failures: Sequence[Failure] = ()) -> None:
     compare_id = next((s.run_id for s in used if s.stage == contract.COMPARE), None)
     if compare_id is not None:
         mlflow.set_tag(contract.TAG_COMPARE_RUN, compare_id)
+        curves = tracking.fetch_run(compare_id).data.tags.get(tracking.TAG_PRUNING_CURVES)
+        if curves:  # printed beside the run's own link, and in its description
+            mlflow.set_tag(tracking.TAG_PRUNING_CURVES, curves)
         say(f"[pipeline] done: {len(used)} steps, {len(reused)} reused; compare run "
             f"{compare_id}")
     tracking.describe_run(description(used, failures, compare_id))
@@ -249,6 +252,10 @@ def description(used: list[Step], failures: Sequence[Failure], compare_id: str |
         report = tracking.ui_link(compare, "report.html", relative=True)
         lines.append(f"**Report:** [report.html]({report}) on the compare run "
                      f"[{compare_id}]({tracking.ui_link(compare, relative=True)}).\n")
+        curves = compare.data.tags.get(tracking.TAG_PRUNING_CURVES)
+        if curves:
+            lines.append(f"**Pruning curves:** [in MLflow's chart view]({curves}) (this "
+                         f"study's saved views: pruning curves, training curves, sizes).\n")
     lines.append(f"Study **{study}**: {len(used)} steps ({sum(s.how == NEW for s in used)} new, "
                  f"{sum(s.how == REUSED for s in used)} reused, "
                  f"{sum(s.how == RESUMED for s in used)} resumed); the new ones are this run's "

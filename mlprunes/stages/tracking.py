@@ -315,15 +315,21 @@ def ui_link(run: Run, artifact: str = "", relative: bool = False) -> str:
     `workflowType=machine_learning`): on the tracking server for a remote store, on what
     `mlflow ui` serves by default for a local one. `relative`: the hash route alone, for links
     inside the UI (run descriptions), which then work on whatever address serves it."""
-    uri = tracking_uri()
-    base = uri.rstrip("/") if _is_server(uri) else DEFAULT_UI
     path = f"/artifacts/{artifact}" if artifact else ""
     route = (f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{path}"
              f"?workflowType=machine_learning")
-    return route if relative else f"{base}/{route}"
+    return route if relative else f"{ui_base()}/{route}"
+
+
+def ui_base() -> str:
+    """Where the MLflow UI of this store is: the tracking server for a remote store, what
+    `mlflow ui` serves by default for a local one."""
+    uri = tracking_uri()
+    return uri.rstrip("/") if _is_server(uri) else DEFAULT_UI
 
 
 NOTE = "mlflow.note.content"   # the run's Description in the UI (markdown)
+TAG_PRUNING_CURVES = "mlprunes.pruning_curves"   # a study's curves in the chart view (a route)
 
 
 def describe_run(text: str, run_id: str | None = None) -> None:
@@ -338,6 +344,9 @@ def ui_hint(run: Run) -> str:
     """The line a command prints at its end: where to look at its run."""
     uri = tracking_uri()
     line = f"MLflow UI: {ui_link(run)}"
+    curves = run.data.tags.get(TAG_PRUNING_CURVES)
+    if curves:  # a compare or pipeline run: its study's curves in MLflow's chart view
+        line += f"\nPruning curves: {ui_base()}/{curves}"
     if not _is_server(uri):
         line += f"\n  (serve this store first: mlflow ui --backend-store-uri {absolute_uri(uri)})"
     return line

@@ -1,0 +1,73 @@
+"""One colour per group of runs, shared by the report's plots and the MLflow UI's run colours,
+so that the two read alike.
+
+Groups a reader compares side by side get related colours: pruned curves blues and greens (one
+colour per criterion), from-scratch pruned architectures oranges, families pinks and purples,
+reduced baselines reds and purples. In the UI each replicate (seed) of a group gets a shade of
+the group's colour: the report draws their mean in the colour itself.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+STYLES = [
+    # Fine-tuned after pruning: the pruned curve's colour family, a marker of its own (before
+    # the "Fisher prune" prefix, which would take them too).
+    ("Fisher pruned, then fine-tuned", "#17becf", "d"),
+    ("L1 pruned, then fine-tuned", "#98df8a", "d"),
+    ("Random pruned, then fine-tuned", "#525252", "d"),
+    ("Fisher prune", "#1f77b4", "."), ("L1 prune", "#2ca02c", "."),
+    ("L1-mean prune", "#a1d99b", "."), ("L1-layer prune", "#41ab5d", "."),
+    ("L1-signed prune", "#00441b", "."),
+    ("L2 prune", "#006d2c", "."), ("LAMP prune", "#74c476", "."),
+    ("Taylor prune", "#6baed6", "."), ("Hessian prune", "#00a087", "."),
+    ("BN scale prune", "#08306b", "."), ("FPGM prune", "#3182bd", "."),
+    ("Random prune", "#7f7f7f", "."), ("Fisher arch. from scratch (Scratch-B)", "#8c564b", "P"),
+    ("Fisher arch", "#ff7f0e", "o"), ("L1 arch", "#bcbd22", "s"),
+    ("Random arch", "#c7c7c7", "o"), ("Fisher family", "#e377c2", "D"),
+    ("L1 family", "#9467bd", "D"), ("Full network", "#000000", "*"),
+    ("Reduced depth", "#d62728", "v"), ("Reduced width", "#9467bd", "^"),
+    ("Reduced growth", "#9467bd", "^"), ("Reduced depth and width", "#17becf", "<"),
+    ("Bottleneck", "#8c564b", "X"), ("Uniform width", "#9467bd", "^"),
+    ("Smaller network", "#d62728", "v"),
+    ("Trained from scratch", "#17becf", "h"),
+]
+OTHER = ("#333333", "o")
+
+# Lightness steps of the shades of one colour, replicate by replicate: the first replicate has
+# the colour itself, the next ones alternate lighter and darker, further each time.
+_SHADE_STEPS = (0.0, 0.16, -0.12, 0.30, -0.22, 0.42, -0.30)
+
+
+def style(group: str) -> tuple[str, str]:
+    """A group's colour and marker: those of the first entry of STYLES that its name starts
+    with."""
+    for prefix, colour, marker in STYLES:
+        if group.startswith(prefix):
+            return colour, marker
+    return OTHER
+
+
+def shade(colour: str, index: int) -> str:
+    """The `index`-th shade of a `#rrggbb` colour (0: the colour itself)."""
+    if index == 0:
+        return colour
+    # Past the last step the shades repeat: more replicates than that are told apart by name.
+    step = _SHADE_STEPS[1 + (index - 1) % (len(_SHADE_STEPS) - 1)]
+    r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    h, light, s = colorsys.rgb_to_hls(r, g, b)
+    light = min(0.9, max(0.1, light + step))
+    return "#" + "".join(f"{round(c * 255):02x}" for c in colorsys.hls_to_rgb(h, light, s))
+
+
+def run_colours(groups: dict[str, list[tuple[int | None, str]]]) -> dict[str, str]:
+    """Each run's colour: its group's, in a shade per replicate (ordered by seed). `groups`
+    maps a group's name to its runs as (seed, run ID)."""
+    colours = {}
+    for group, runs in groups.items():
+        base = style(group)[0]
+        for i, (_, run_id) in enumerate(sorted(runs, key=lambda r: (r[0] is None, r[0] or 0,
+                                                                      r[1]))):
+            colours[run_id] = shade(base, i)
+    return colours
