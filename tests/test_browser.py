@@ -8,8 +8,11 @@ import re
 import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+
+from mlprunes.stages import views
 
 from tests.stage_helpers import cli
 from tests.test_mlflow_integration import start_server
@@ -22,6 +25,21 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():  # .ci/run installs it; say so where it is missing
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)",
                 allow_module_level=True)
+
+
+# The traces of the chart of val_error against params, once it has a line for every run (Plotly
+# keeps them on the plot's element).
+CURVES_DRAWN = """(runs) => {
+    for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+        const title = plot.layout && plot.layout.xaxis && plot.layout.xaxis.title;
+        const traces = (plot.data || []).filter(t => t.metricKey === 'val_error' && t.uuid);
+        if (!title || title.text !== 'params' || !traces.length) continue;
+        if (new Set(traces.map(t => t.uuid)).size < runs) return null;
+        return traces.map(t => ({uuid: t.uuid, x: Array.from(t.x), y: Array.from(t.y),
+                                 color: t.marker && t.marker.color}));
+    }
+    return null;
+}"""
 
 
 def close_assistant(page) -> None:
@@ -47,6 +65,17 @@ def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
     compare_id = pipeline.data.tags["mlprunes.compare_run_id"]
     prune_id = next(r.info.run_id for r in client.search_runs([exp])
                     if r.data.tags.get("mlprunes.stage") == "prune")
+    assert ".".join(mlflow.__version__.split(".")[:2]) in views.VIEWS_SHOWN_TO_WORK, (
+        f"MLflow {mlflow.__version__}: check that its UI draws the saved views (this test), "
+        f"then add it to views.VIEWS_SHOWN_TO_WORK")
+    curves_link = re.findall(r"Pruning curves: (\S+)", result.stderr)[-1]
+    prune_runs = {}   # run ID -> its (params, val_error) at each validation step
+    for r in client.search_runs([exp], "tags.`mlprunes.stage` = 'prune'"):
+        size = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "params")}
+        prune_runs[r.info.run_id] = sorted(
+            (size[m.step], m.value) for m in client.get_metric_history(r.info.run_id,
+                                                                       "val_error"))
+    assert len(prune_runs) == 2 and all(len(p) > 2 for p in prune_runs.values())
     shots = Path(os.environ.get("MLPRUNES_SCREENSHOT_DIR", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
 
@@ -122,7 +151,30 @@ def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
             page.get_by_text("wrn-10-1", exact=True).first.wait_for(timeout=10_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(shots / "models.png"))
+
+            # The printed "Pruning curves" link, in a fresh profile (nothing remembered), with
+            # no other click: the study's prune runs against params.
+            fresh = browser.new_context(viewport={"width": 1500, "height": 950})
+            view = fresh.new_page()
+            view.goto(curves_link.replace("http://127.0.0.1:5000", url))
+            view.get_by_text("tiny: pruning curves").first.wait_for(timeout=60_000)
+            close_assistant(view)
+            drawn = view.wait_for_function(CURVES_DRAWN, arg=len(prune_runs), timeout=60_000)
+            traces = drawn.json_value()
+            view.wait_for_timeout(1000)
+            view.screenshot(path=str(shots / "pruning_curves.png"))
+            fresh.close()
             browser.close()
+    # One line per prune run (the UI draws each twice: smoothed, and its original faintly),
+    # each with a point per validation step, paired with params at that same step: no point
+    # moved to another step's size, no vertical segment.
+    assert {t["uuid"] for t in traces} == set(prune_runs)
+    for run_id, expected in prune_runs.items():
+        lines = [t for t in traces if t["uuid"] == run_id]
+        assert len(lines) == 2
+        for t in lines:
+            assert sorted(zip(t["x"], t["y"])) == expected
+        assert lines[0]["color"] == client.get_run(run_id).data.tags["mlflow.runColor"]
     for name in ("pipeline_run.png", "runs.png", "prune_metrics.png", "answers.png",
-                 "report.png", "models.png"):
+                 "report.png", "models.png", "pruning_curves.png"):
         assert (shots / name).stat().st_size > 10_000
