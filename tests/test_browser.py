@@ -158,9 +158,9 @@ def test_mlflow_ui_shows_the_runs_the_charts_and_the_report(store, tmp_path):
             view = fresh.new_page()
             view.goto(curves_link.replace("http://127.0.0.1:5000", url))
             view.get_by_text("tiny: pruning curves").first.wait_for(timeout=60_000)
-            close_assistant(view)
             drawn = view.wait_for_function(CURVES_DRAWN, arg=len(prune_runs), timeout=60_000)
             traces = drawn.json_value()
+            close_assistant(view)   # drawn before any click; this one clears the screenshot
             view.wait_for_timeout(1000)
             view.screenshot(path=str(shots / "pruning_curves.png"))
             fresh.close()

@@ -4,13 +4,17 @@ link where the UI's version has not been checked. (The browser test opens them.)
 
 import json
 import re
+from urllib.parse import unquote
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow.utils.search_utils import SearchUtils
 
 from mlprunes.report.colours import shade, style
 from mlprunes.stages import views
 from tests.stage_helpers import cli
+from tests.test_mlflow_integration import free_port, start_server
 
 # What MLflow 3.17's UI takes from a saved view's state (its search facets, and the page state
 # it keeps in a view, less the per-session parts it leaves out).
@@ -20,7 +24,6 @@ PAGE_STATE = {"selectedColumns", "columnOrder", "columnWidths", "runsHiddenMode"
               "compareRunCharts", "compareRunSections", "viewMaximized", "runListHidden",
               "isAccordionReordered", "groupBy", "groupsExpanded", "useGroupedValuesInCharts",
               "hideEmptyCharts", "globalLineChartConfig", "chartsSearchFilter"}
-NETWORKS = ("train", "prune", "scratch", "family-member", "finetune")
 
 
 def study_runs(client, pipeline_id: str) -> dict[str, set[str]]:
@@ -111,13 +114,32 @@ def test_two_studies_in_one_experiment_get_views_that_do_not_mix(store):
                 run.data.tags["mlflow.note.content"]
     assert not seen["tiny"] & seen["tiny two"]  # different seeds: no run in common
 
-    # Run again, the study keeps its three views (updated, created when they first were).
-    again = cli("pipeline", "--preset", "tiny", "--no-progress")
-    assert again.exit_code == 0
+    # The study changed (another seed) and run again under its name: its three views are the
+    # same ones, updated, and show what it holds now (the runs that left it are untagged).
+    changed = cli("pipeline", "--preset", "tiny", "--seeds", "1", "--no-progress")
     later = saved_views(client, experiment_id)
     assert set(later) == set(found)
     for key, (outer, _) in later.items():
         assert outer["createdAt"] == found[key][0]["createdAt"]
+        if outer["name"].startswith("tiny: "):
+            assert outer["updatedAt"] > found[key][0]["updatedAt"]
+    pruning = next(state for outer, state in later.values()
+                   if outer["name"] == "tiny: pruning curves")
+    assert matched(client, experiment_id, pruning) == study_runs(client, changed.run_id)["prune"]
+
+
+def test_a_pipeline_compared_from_another_experiment_keeps_its_views_with_its_runs(store):
+    client = MlflowClient()
+    study = cli("pipeline", "--preset", "tiny", "--experiment", "elsewhere", "--no-progress")
+    again = cli("compare", "--parent-run-id", study.run_id, "--experiment", "mlprunes")
+    assert again.exit_code == 0, again.stderr
+    elsewhere = client.get_experiment_by_name("elsewhere").experiment_id
+    assert client.get_run(again.run_id).info.experiment_id != elsewhere
+    assert f"/#/experiments/{elsewhere}/runs?viewStateShareKey=" in re.findall(
+        r"Pruning curves: (\S+)", again.stderr)[-1]
+    pruning = next(state for outer, state in saved_views(client, elsewhere).values()
+                   if outer["name"] == "tiny: pruning curves")
+    assert matched(client, elsewhere, pruning) == study_runs(client, study.run_id)["prune"]
 
 
 def test_runs_get_their_report_colour_in_a_shade_per_seed_and_a_users_colour_stays(store):
@@ -153,8 +175,12 @@ def test_an_unchecked_mlflow_version_gets_the_plain_link_and_the_click_to_make(s
     assert "the gear above the charts and choose X-axis: Metric, then params" in result.stderr
     link = re.findall(r"Pruning curves: (\S+)", result.stderr)[-1]
     assert "viewStateShareKey" not in link and "orderByKey=tags.%60mlflow.runName%60" in link
+    pipeline = client.get_run(result.run_id)
+    compare = client.get_run(pipeline.data.tags["mlprunes.compare_run_id"])
+    for run in (pipeline, compare):   # the descriptions say the same, and promise no view
+        note = run.data.tags["mlflow.note.content"]
+        assert "X-axis: Metric, then params" in note and "saved views" not in note
     query = dict(p.split("=", 1) for p in link.split("?", 1)[1].split("&"))
-    from urllib.parse import unquote
     prunes = {r.info.run_id for r in client.search_runs([experiment_id], unquote(
         query["searchFilter"]))}
     assert prunes == {r.info.run_id for r in client.search_runs(
@@ -177,9 +203,10 @@ def test_a_view_that_cannot_be_written_never_fails_the_run(store, monkeypatch):
 def test_any_study_name_makes_a_tag_key_and_a_link_that_work(name):
     key = views.scope_key(name)
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,49}", key)   # a tag key, and plain in a URL
-    assert views.scope_key(name + " ") != key          # names differ, keys differ
     for view in views.VIEWS:
         assert re.fullmatch(r"[A-Za-z0-9_-]+", views.view_key(name, view))
+    for curves in (views.PRUNING, views.TRAINING, ""):   # filters MLflow's search parses
+        assert SearchUtils.parse_search_filter(views.search_filter(name, curves))
 
 
 def test_a_state_too_long_for_a_tag_is_deflated_and_reads_back():
@@ -193,6 +220,17 @@ def test_a_state_too_long_for_a_tag_is_deflated_and_reads_back():
     assert views.read_view(packed) == ("tiny: pruning curves", big)
 
 
-def test_the_version_guard_reads_major_and_minor():
+def test_the_version_guard_reads_major_and_minor_and_an_unknown_version_is_unchecked():
     assert views.ui_reads_views("3.17.2") and views.ui_reads_views("3.17.0rc1")
     assert not views.ui_reads_views("3.18.0") and not views.ui_reads_views("2.17.1")
+    assert not views.ui_reads_views(None) and not views.ui_reads_views("<html>3.17</html>")
+
+
+def test_the_ui_version_is_the_tracking_servers_own(tmp_path, monkeypatch):
+    with start_server(tmp_path / "server") as url:
+        monkeypatch.setattr(views.tracking, "tracking_uri", lambda: url)
+        assert views.ui_version() == mlflow.__version__
+    # A server that does not answer: unknown, so unchecked (the plain link).
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(views.tracking, "tracking_uri", lambda: closed)
+    assert views.ui_version() is None

@@ -10,6 +10,7 @@ the group's colour: the report draws their mean in the colour itself.
 from __future__ import annotations
 
 import colorsys
+import re
 
 STYLES = [
     # Fine-tuned after pruning: the pruned curve's colour family, a marker of its own (before
@@ -26,12 +27,13 @@ STYLES = [
     ("Random prune", "#7f7f7f", "."), ("Fisher arch. from scratch (Scratch-B)", "#8c564b", "P"),
     ("Fisher arch", "#ff7f0e", "o"), ("L1 arch", "#bcbd22", "s"),
     ("Random arch", "#c7c7c7", "o"), ("Fisher family", "#e377c2", "D"),
-    ("L1 family", "#9467bd", "D"), ("Full network", "#000000", "*"),
-    ("Reduced depth", "#d62728", "v"), ("Reduced width", "#9467bd", "^"),
-    ("Reduced growth", "#9467bd", "^"), ("Reduced depth and width", "#17becf", "<"),
-    ("Bottleneck", "#8c564b", "X"), ("Uniform width", "#9467bd", "^"),
-    ("Smaller network", "#d62728", "v"),
-    ("Trained from scratch", "#17becf", "h"),
+    ("L1 family", "#ce6dbd", "D"), ("Full network", "#000000", "*"),
+    ("Reduced depth and width", "#ad494a", "<"), ("Reduced depth", "#d62728", "v"),
+    # Width (WRN) and growth (DenseNet) are one kind of reduction, never in one study.
+    ("Reduced width", "#9467bd", "^"), ("Reduced growth", "#9467bd", "^"),
+    ("Bottleneck", "#bd9e39", "X"), ("Uniform width", "#7b4173", "^"),
+    ("Smaller network", "#843c39", "v"),
+    ("Trained from scratch", "#393b79", "h"),
 ]
 OTHER = ("#333333", "o")
 
@@ -40,9 +42,15 @@ OTHER = ("#333333", "o")
 _SHADE_STEPS = (0.0, 0.16, -0.12, 0.30, -0.22, 0.42, -0.30)
 
 
+# A criterion's label may carry its FLOPs penalty and channels per prune (`Fisher+flops0.3-r8
+# prune`): its colour is the criterion's.
+_LABEL_SUFFIX = re.compile(r"(\+flops[0-9.e-]+)?(-r\d+)?(?= )")
+
+
 def style(group: str) -> tuple[str, str]:
-    """A group's colour and marker: those of the first entry of STYLES that its name starts
-    with."""
+    """A group's colour and marker: those of the first entry of STYLES that its name (its
+    criterion's label suffixes aside) starts with."""
+    group = _LABEL_SUFFIX.sub("", group, count=1)
     for prefix, colour, marker in STYLES:
         if group.startswith(prefix):
             return colour, marker
@@ -57,17 +65,15 @@ def shade(colour: str, index: int) -> str:
     step = _SHADE_STEPS[1 + (index - 1) % (len(_SHADE_STEPS) - 1)]
     r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
     h, light, s = colorsys.rgb_to_hls(r, g, b)
+    if not 0.1 <= light + step <= 0.9:   # past black or white: the other way, so shades differ
+        step = -step
     light = min(0.9, max(0.1, light + step))
     return "#" + "".join(f"{round(c * 255):02x}" for c in colorsys.hls_to_rgb(h, light, s))
 
 
 def run_colours(groups: dict[str, list[tuple[int | None, str]]]) -> dict[str, str]:
-    """Each run's colour: its group's, in a shade per replicate (ordered by seed). `groups`
-    maps a group's name to its runs as (seed, run ID)."""
-    colours = {}
-    for group, runs in groups.items():
-        base = style(group)[0]
-        for i, (_, run_id) in enumerate(sorted(runs, key=lambda r: (r[0] is None, r[0] or 0,
-                                                                      r[1]))):
-            colours[run_id] = shade(base, i)
-    return colours
+    """Each run's colour: its group's, in the shade of its seed (seed 0 the colour itself), so
+    that a run shared by two studies has one colour in both. `groups` maps a group's name to
+    its runs as (seed, run ID)."""
+    return {run_id: shade(style(group)[0], seed or 0)
+            for group, runs in groups.items() for seed, run_id in runs}

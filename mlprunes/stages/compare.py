@@ -3,6 +3,7 @@ report that answer its questions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Sequence
 
@@ -231,9 +232,10 @@ def run(job: CompareJob, parent_run_id: str | None = None,
             mlflow.log_artifact(str(tmp / "report.html"))
         mlflow.log_metrics({"runs": len(records), **answer_metrics(answers)})
         registered = register(job.register, front) if front else []
-        published = views.publish(run.info.experiment_id, view_scope(job, run), records)
+        published = views.publish(view_experiment(job, run), view_scope(job, experiment),
+                                  records, {r.info.run_id: r for r in runs})
         if published is not None:
-            mlflow.set_tag(views.TAG_PRUNING_CURVES, published.route)
+            mlflow.set_tag(tracking.TAG_PRUNING_CURVES, published.route)
         tracking.describe_run(description(run, len(records), job, answers, registered,
                                           published))
         for answer in answers:
@@ -241,14 +243,27 @@ def run(job: CompareJob, parent_run_id: str | None = None,
         return run.info.run_id
 
 
-def view_scope(job: CompareJob, run: Run) -> str:
+def view_scope(job: CompareJob, experiment: str) -> str:
     """What the compare run's views are named after and filtered to: a pipeline's study by its
-    name (a study run again keeps its views), else the compare run's name, or its ID."""
+    name (a study run again keeps its views); else `compare` and the run's name, or what it
+    compares (the experiment, or its runs), so that comparing the same again keeps them too."""
     if job.parent_run_id:
         study = MlflowClient().get_run(job.parent_run_id).data.params.get("preset")
         if study:
             return study
-    return job.run_name or f"compare {run.info.run_id[:8]}"
+    if job.run_name:
+        return f"compare {job.run_name}"
+    if job.run_ids:
+        listed = ",".join(sorted(str(r) for r in job.run_ids))
+        return f"compare {hashlib.sha256(listed.encode()).hexdigest()[:8]}"
+    return f"compare {experiment}"
+
+
+def view_experiment(job: CompareJob, run: Run) -> str:
+    """Where the views go: with a pipeline's runs, else with the compare run."""
+    if job.parent_run_id:
+        return MlflowClient().get_run(job.parent_run_id).info.experiment_id
+    return run.info.experiment_id
 
 
 def front_models(name: str, records, experiment_ids: list[str]) -> list[tuple[RunRecord, str]]:

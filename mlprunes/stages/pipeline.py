@@ -252,10 +252,11 @@ def description(used: list[Step], failures: Sequence[Failure], compare_id: str |
         report = tracking.ui_link(compare, "report.html", relative=True)
         lines.append(f"**Report:** [report.html]({report}) on the compare run "
                      f"[{compare_id}]({tracking.ui_link(compare, relative=True)}).\n")
-        curves = compare.data.tags.get(tracking.TAG_PRUNING_CURVES)
+        # The compare run's own line for its views (or its plain link and the click to make).
+        curves = next((line for line in compare.data.tags.get(tracking.NOTE, "").splitlines()
+                       if line.startswith("**Pruning curves:**")), None)
         if curves:
-            lines.append(f"**Pruning curves:** [in MLflow's chart view]({curves}) (this "
-                         f"study's saved views: pruning curves, training curves, sizes).\n")
+            lines.append(curves + "\n")
     lines.append(f"Study **{study}**: {len(used)} steps ({sum(s.how == NEW for s in used)} new, "
                  f"{sum(s.how == REUSED for s in used)} reused, "
                  f"{sum(s.how == RESUMED for s in used)} resumed); the new ones are this run's "

@@ -6,9 +6,11 @@ is `{"name", "createdAt", "updatedAt", "state"}`, `state` being the runs page's 
 (or `"deflate;"` + base64 of its zlib-compressed JSON): its search filter, its sort, and its
 chart cards. The URL `#/experiments/<id>/runs?viewStateShareKey=<key>` opens it. The format is
 the UI's own and undocumented, so views are written only for the MLflow versions a browser test
-has shown to draw them (VIEWS_SHOWN_TO_WORK); for any other, the link is the runs page with
-documented-by-use URL parameters only (a filter and a sort) and a line saying which clicks pick
-`params` as the x-axis.
+has shown to draw them (VIEWS_SHOWN_TO_WORK): the tracking server's version (its `/version`),
+or this installation's for a local store, which `mlflow ui` serves; a version that cannot be
+read counts as unchecked. For any other version the link is the runs page with two URL
+parameters (a filter and a sort; the UI's own too, though long stable and shareable) and a line
+saying which clicks pick `params` as the x-axis.
 
 Each view is filtered to one study's runs by a run tag, `mlprunes.view.<scope>`, which says
 which curves a run belongs to (`pruning` or `training`): two studies in one experiment keep two
@@ -23,18 +25,18 @@ import hashlib
 import json
 import re
 import time
-import urllib.request
 import zlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Mapping
 from urllib.parse import quote
 
 import mlflow
-from mlflow.entities import RunTag
+from mlflow.entities import Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from mlprunes.report.colours import run_colours
-from mlprunes.stages import tracking
+from mlprunes.report.records import RunRecord
+from mlprunes.stages import contract, tracking
 from mlprunes.stages.common import say
 
 # MLflow versions (major.minor) whose UI a browser test (tests/test_browser.py) has seen draw
@@ -46,10 +48,9 @@ RUN_COLOUR = "mlflow.runColor"              # the run's colour in the UI's chart
 OUR_COLOUR = "mlprunes.colour"              # the colour we last gave it: a user's own is kept
 IN_VIEW = "mlprunes.view."                  # + scope: which of the scope's curves a run is in
 PRUNING, TRAINING = "pruning", "training"
-TAG_PRUNING_CURVES = tracking.TAG_PRUNING_CURVES  # on a compare or pipeline run: the route
 
-PRUNE_STAGES = ("prune",)
-TRAINING_STAGES = ("train", "scratch", "family-member", "finetune")
+PRUNE_STAGES = (contract.PRUNE,)
+TRAINING_STAGES = (*contract.TRAINED, contract.FINETUNE)
 MAX_RUNS = 1000        # runs a chart draws (the UI's default draws the first 10)
 MAX_TAG_VALUE = 20000  # MLflow's limit on an experiment tag's value
 BY_NAME = "tags.`mlflow.runName`"
@@ -69,23 +70,30 @@ VIEWS = (View("pruning-curves", "pruning curves", PRUNING),
          View("sizes", "sizes", ""))
 
 
-def ui_reads_views(version: str | None = None) -> bool:
-    """Whether the UI serving this store is of a version known to draw our views."""
-    version = version if version is not None else ui_version()
+def ui_reads_views(version: str | None) -> bool:
+    """Whether a UI of this version (None: unknown) is known to draw our views."""
+    if version is None or not re.fullmatch(r"\d+\.\d+(\.\d+)?\S*", version):
+        return False
     return ".".join(version.split(".")[:2]) in VIEWS_SHOWN_TO_WORK
 
 
-def ui_version() -> str:
-    """The MLflow version of the UI: a tracking server's own (it says at /version), else this
-    installation's, which is what `mlflow ui` serves."""
+def ui_version() -> str | None:
+    """The MLflow version of the UI: a tracking server's own (it says at /version, asked with
+    the credentials MLflow's client uses), else this installation's, which is what `mlflow ui`
+    serves. None where a server does not say."""
     uri = tracking.tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/version", timeout=10) as reply:
-                return reply.read().decode().strip()
-        except Exception:  # an old or guarded server: assume it is ours
-            pass
-    return mlflow.__version__
+    if not uri.startswith(("http://", "https://")):
+        return mlflow.__version__
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        reply = http_request(get_default_host_creds(uri), "/version", "GET", max_retries=0,
+                             timeout=10, raise_on_status=False)
+        text = reply.text.strip() if reply.status_code == 200 else ""
+    except Exception:  # a guarded or older server: its version is unknown
+        return None
+    return text if re.fullmatch(r"\d+\.\d+\S{0,40}", text) else None
 
 
 def scope_key(name: str) -> str:
@@ -208,16 +216,18 @@ def plain_route(experiment_id: str, scope: str, curves: str = PRUNING) -> str:
 
 @dataclass(frozen=True)
 class Published:
-    route: str          # the pruning curves' link, relative to the UI
+    route: str          # the link's route, relative to the UI (the pruning curves, if any)
     views: bool         # saved views (else the plain link, which needs a click for the x-axis)
 
 
-def publish(experiment_id: str, scope: str, runs: Iterable, log=say) -> Published | None:
-    """Tag the scope's network runs (which curves they are in, and their colours) and write the
-    scope's views on the experiment. `runs` are report records (run ID, stage, group, seed).
-    Never fails its caller: a problem is one line, and the study stands without its views."""
+def publish(experiment_id: str, scope: str, records: Iterable[RunRecord],
+            runs: Mapping[str, Run], log: Callable[[str], None] = say) -> Published | None:
+    """Tag the scope's network runs in `experiment_id` (which curves they are in, and their
+    colours), untag those no longer in it, and write the scope's views on the experiment.
+    `runs` holds each record's run as read. A problem is one line and the study stands without
+    its views; only a lost store (which the caller's next log would meet anyway) propagates."""
     try:
-        return _publish(experiment_id, scope, list(runs), log)
+        return _publish(experiment_id, scope, list(records), runs, log)
     except Exception as err:  # a view is a convenience, never a reason to fail a run
         if tracking.unreachable(err):
             raise
@@ -227,54 +237,83 @@ def publish(experiment_id: str, scope: str, runs: Iterable, log=say) -> Publishe
 
 
 def markdown(published: Published | None) -> str:
-    """The description's line for the links (nothing when no view was written)."""
+    """The description's line for the link (nothing when there is none)."""
     if published is None:
         return ""
     if published.views:
-        return (f"**Pruning curves:** [in MLflow's chart view]({published.route}) (saved views "
-                f"of this study: pruning curves, training curves, sizes; in the Views "
-                f"list).\n\n")
-    return f"**Pruning curves:** [the runs in MLflow's chart view]({published.route}); " \
-           f"{X_AXIS_HINT}.\n\n"
+        return (f"**Pruning curves:** [in MLflow's chart view]({published.route}) (this "
+                f"study's saved views, in the runs page's Views list: pruning curves, training "
+                f"curves, sizes).\n\n")
+    return (f"**Pruning curves:** [the runs in MLflow's chart view]({published.route}); "
+            f"{X_AXIS_HINT}.\n\n")
 
 
-def _publish(experiment_id: str, scope: str, records: list, log) -> Published | None:
+def _publish(experiment_id: str, scope: str, records: list[RunRecord], runs: Mapping[str, Run],
+             log) -> Published | None:
     networks = [r for r in records if r.stage in PRUNE_STAGES + TRAINING_STAGES]
+    elsewhere = [r for r in networks if runs[r.run_id].info.experiment_id != experiment_id]
+    if elsewhere:
+        log(f"[views] {len(elsewhere)} of the runs compared are in other experiments; the views "
+            f"of {scope!r} (in experiment {experiment_id}) leave them out")
+    networks = [r for r in networks if r not in elsewhere]
     if not networks:
         return None
+    _tag_runs(experiment_id, scope, networks, runs, log)
+    has_prunes = any(r.stage in PRUNE_STAGES for r in networks)
+    version = ui_version()
+    if not ui_reads_views(version):
+        log(f"[views] MLflow {version or '(version unknown)'}'s UI is not one these views "
+            f"were checked on ({', '.join(VIEWS_SHOWN_TO_WORK)}): the link shows the runs; "
+            f"{X_AXIS_HINT}")
+        return Published(plain_route(experiment_id, scope, PRUNING if has_prunes else TRAINING),
+                         views=False)
     client = MlflowClient()
-    colours = _colours(networks)
-    key = scope_key(scope)
-    for record in networks:
-        tags = client.get_run(record.run_id).data.tags
-        curves = PRUNING if record.stage in PRUNE_STAGES else TRAINING
-        new = [RunTag(f"{IN_VIEW}{key}", curves)]
-        colour = colours[record.run_id]
-        # A colour someone picked in the UI (not the one we gave) stays.
-        if tags.get(RUN_COLOUR) in (None, tags.get(OUR_COLOUR)):
-            new += [RunTag(RUN_COLOUR, colour), RunTag(OUR_COLOUR, colour)]
-        client.log_batch(record.run_id, tags=new)
-    if not ui_reads_views():
-        route = plain_route(experiment_id, scope)
-        log(f"[views] MLflow {ui_version()}'s UI is not one these views were checked on "
-            f"({', '.join(VIEWS_SHOWN_TO_WORK)}): the link shows the runs; {X_AXIS_HINT}")
-        return Published(route, views=False)
     existing = client.get_experiment(experiment_id).tags
     now = int(time.time() * 1000)
     for view in VIEWS:
         tag = VIEW_TAG_PREFIX + view_key(scope, view)
         created = now
-        if tag in existing:
-            try:
-                created = json.loads(existing[tag])["createdAt"]
-            except (ValueError, KeyError, TypeError):
-                pass
+        try:
+            created = int(json.loads(existing[tag])["createdAt"])
+        except (KeyError, ValueError, TypeError):  # new, or not one of ours to keep
+            pass
         client.set_experiment_tag(experiment_id, tag, envelope(
             f"{scope}: {view.title}", view_state(scope, view), created, now))
-    return Published(view_route(experiment_id, scope, VIEWS[0]), views=True)
+    first = VIEWS[0] if has_prunes else VIEWS[1]   # a study without prune runs: its training
+    return Published(view_route(experiment_id, scope, first), views=True)
 
 
-def _colours(records: list) -> dict[str, str]:
+def _tag_runs(experiment_id: str, scope: str, networks: list[RunRecord],
+              runs: Mapping[str, Run], log) -> None:
+    """Each run's curves and colour; a run that left the scope (a study changed and run again
+    under its name) is untagged, so that the views show what the study holds now."""
+    client = MlflowClient()
+    in_view = f"{IN_VIEW}{scope_key(scope)}"
+    colours = _colours(networks)
+    failed = 0
+    for record in networks:
+        tags = runs[record.run_id].data.tags
+        new = [RunTag(in_view, PRUNING if record.stage in PRUNE_STAGES else TRAINING)]
+        colour = colours[record.run_id]
+        # A colour someone picked in the UI (not the one we gave) stays.
+        if tags.get(RUN_COLOUR) in (None, tags.get(OUR_COLOUR)):
+            new += [RunTag(RUN_COLOUR, colour), RunTag(OUR_COLOUR, colour)]
+        try:
+            client.log_batch(record.run_id, tags=new)
+        except Exception as err:  # one run deleted meanwhile leaves the others their views
+            if tracking.unreachable(err):
+                raise
+            failed += 1
+    if failed:
+        log(f"[views] {failed} run(s) could not be tagged for the views of {scope!r}")
+    mine = {r.run_id for r in networks}
+    for run in client.search_runs([experiment_id], f"tags.`{in_view}` LIKE '%'",
+                                  max_results=5000):
+        if run.info.run_id not in mine:
+            client.delete_tag(run.info.run_id, in_view)
+
+
+def _colours(records: list[RunRecord]) -> dict[str, str]:
     groups: dict[str, list[tuple[int | None, str]]] = {}
     for r in records:
         groups.setdefault(r.group or r.stage, []).append((r.seed, r.run_id))
