@@ -37,8 +37,8 @@ STYLES = [
 ]
 OTHER = ("#333333", "o")
 
-# Lightness steps of the shades of one colour, replicate by replicate: the first replicate has
-# the colour itself, the next ones alternate lighter and darker, further each time.
+# Lightness steps of the shades of one colour, seed by seed: seed 0 has the colour itself, the
+# next ones alternate lighter and darker, further each time.
 _SHADE_STEPS = (0.0, 0.16, -0.12, 0.30, -0.22, 0.42, -0.30)
 
 
@@ -71,9 +71,7 @@ def shade(colour: str, index: int) -> str:
     return "#" + "".join(f"{round(c * 255):02x}" for c in colorsys.hls_to_rgb(h, light, s))
 
 
-def run_colours(groups: dict[str, list[tuple[int | None, str]]]) -> dict[str, str]:
-    """Each run's colour: its group's, in the shade of its seed (seed 0 the colour itself), so
-    that a run shared by two studies has one colour in both. `groups` maps a group's name to
-    its runs as (seed, run ID)."""
-    return {run_id: shade(style(group)[0], seed or 0)
-            for group, runs in groups.items() for seed, run_id in runs}
+def run_colour(group: str, seed: int | None) -> str:
+    """A run's colour: its group's, in the shade of its seed (seed 0: the colour itself), so
+    that a run shared by two studies has one colour in both."""
+    return shade(style(group)[0], seed or 0)

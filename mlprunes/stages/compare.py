@@ -232,8 +232,8 @@ def run(job: CompareJob, parent_run_id: str | None = None,
             mlflow.log_artifact(str(tmp / "report.html"))
         mlflow.log_metrics({"runs": len(records), **answer_metrics(answers)})
         registered = register(job.register, front) if front else []
-        published = views.publish(view_experiment(job, run), view_scope(job, experiment),
-                                  records, {r.info.run_id: r for r in runs})
+        published = views.publish(*views_of(job, run, experiment), records,
+                                  {r.info.run_id: r for r in runs})
         if published is not None:
             mlflow.set_tag(tracking.TAG_PRUNING_CURVES, published.route)
         tracking.describe_run(description(run, len(records), job, answers, registered,
@@ -243,27 +243,24 @@ def run(job: CompareJob, parent_run_id: str | None = None,
         return run.info.run_id
 
 
-def view_scope(job: CompareJob, experiment: str) -> str:
-    """What the compare run's views are named after and filtered to: a pipeline's study by its
-    name (a study run again keeps its views); else `compare` and the run's name, or what it
-    compares (the experiment, or its runs), so that comparing the same again keeps them too."""
+def views_of(job: CompareJob, run: Run, experiment: str) -> tuple[str, str]:
+    """The experiment the compare run's views go to, and what they are named after and filtered
+    to: a pipeline's study, in the pipeline's experiment, by the study's name (a study run
+    again keeps its views); else, with the compare run, `compare` and the run's name, or what
+    it compares (the experiment, or its runs), so that comparing the same again keeps them."""
+    experiment_id = run.info.experiment_id
     if job.parent_run_id:
-        study = MlflowClient().get_run(job.parent_run_id).data.params.get("preset")
+        pipeline = MlflowClient().get_run(job.parent_run_id)
+        experiment_id = pipeline.info.experiment_id
+        study = pipeline.data.params.get("preset")
         if study:
-            return study
+            return experiment_id, study
     if job.run_name:
-        return f"compare {job.run_name}"
+        return experiment_id, f"compare {job.run_name}"
     if job.run_ids:
         listed = ",".join(sorted(str(r) for r in job.run_ids))
-        return f"compare {hashlib.sha256(listed.encode()).hexdigest()[:8]}"
-    return f"compare {experiment}"
-
-
-def view_experiment(job: CompareJob, run: Run) -> str:
-    """Where the views go: with a pipeline's runs, else with the compare run."""
-    if job.parent_run_id:
-        return MlflowClient().get_run(job.parent_run_id).info.experiment_id
-    return run.info.experiment_id
+        return experiment_id, f"compare {hashlib.sha256(listed.encode()).hexdigest()[:8]}"
+    return experiment_id, f"compare {experiment}"
 
 
 def front_models(name: str, records, experiment_ids: list[str]) -> list[tuple[RunRecord, str]]:

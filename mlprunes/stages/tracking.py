@@ -266,7 +266,7 @@ def _writable(folder: Path) -> bool:
 def _check_default_artifact_root(name: str) -> None:
     # A database store reached directly (SQLite, PostgreSQL, MySQL) puts a new experiment's
     # artifacts under ./mlruns, where it runs; a server or a file store has its own place.
-    if _is_server(mlflow.get_tracking_uri()) or _is_path(mlflow.get_tracking_uri()) or \
+    if is_server(mlflow.get_tracking_uri()) or _is_path(mlflow.get_tracking_uri()) or \
             mlflow.get_tracking_uri().startswith(("file:", "databricks")):
         return
     root = Path.cwd() / "mlruns"
@@ -304,7 +304,7 @@ def mark_experiment_kind(experiment_id: str) -> None:
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
-def _is_server(uri: str) -> bool:
+def is_server(uri: str) -> bool:
     """A tracking server, whose address is also its UI's."""
     return uri.startswith(("http://", "https://"))
 
@@ -325,7 +325,7 @@ def ui_base() -> str:
     """Where the MLflow UI of this store is: the tracking server for a remote store, what
     `mlflow ui` serves by default for a local one."""
     uri = tracking_uri()
-    return uri.rstrip("/") if _is_server(uri) else DEFAULT_UI
+    return uri.rstrip("/") if is_server(uri) else DEFAULT_UI
 
 
 NOTE = "mlflow.note.content"   # the run's Description in the UI (markdown)
@@ -347,7 +347,7 @@ def ui_hint(run: Run) -> str:
     curves = run.data.tags.get(TAG_PRUNING_CURVES)
     if curves:  # a compare or pipeline run: its study's curves in MLflow's chart view
         line += f"\nPruning curves: {ui_base()}/{curves}"
-    if not _is_server(uri):
+    if not is_server(uri):
         line += f"\n  (serve this store first: mlflow ui --backend-store-uri {absolute_uri(uri)})"
     return line
 

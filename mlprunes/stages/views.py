@@ -12,7 +12,7 @@ read counts as unchecked. For any other version the link is the runs page with t
 parameters (a filter and a sort; the UI's own too, though long stable and shareable) and a line
 saying which clicks pick `params` as the x-axis.
 
-Each view is filtered to one study's runs by a run tag, `mlprunes.view.<scope>`, which says
+Each view is filtered to one study's runs by a run tag, `mlprunes.view.<slug>-<hash>`, which says
 which curves a run belongs to (`pruning` or `training`): two studies in one experiment keep two
 sets of views that do not mix. The runs are sorted by name, which also lays a pipeline's
 children out flat (sorted by creation time, they stay folded under their pipeline run).
@@ -34,7 +34,7 @@ import mlflow
 from mlflow.entities import Run, RunTag
 from mlflow.tracking import MlflowClient
 
-from mlprunes.report.colours import run_colours
+from mlprunes.report.colours import run_colour
 from mlprunes.report.records import RunRecord
 from mlprunes.stages import contract, tracking
 from mlprunes.stages.common import say
@@ -82,7 +82,7 @@ def ui_version() -> str | None:
     the credentials MLflow's client uses), else this installation's, which is what `mlflow ui`
     serves. None where a server does not say."""
     uri = tracking.tracking_uri()
-    if not uri.startswith(("http://", "https://")):
+    if not tracking.is_server(uri):
         return mlflow.__version__
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
@@ -106,8 +106,13 @@ def view_key(scope: str, view: View) -> str:
     return f"mlprunes-{scope_key(scope)}-{view.slug}"
 
 
+def view_tag(scope: str) -> str:
+    """The run tag that puts a run in the scope's views (its value: which curves)."""
+    return f"{IN_VIEW}{scope_key(scope)}"
+
+
 def search_filter(scope: str, curves: str) -> str:
-    tag = f"tags.`{IN_VIEW}{scope_key(scope)}`"
+    tag = f"tags.`{view_tag(scope)}`"
     return f"{tag} = '{curves}'" if curves else f"{tag} LIKE '%'"
 
 
@@ -251,11 +256,11 @@ def markdown(published: Published | None) -> str:
 def _publish(experiment_id: str, scope: str, records: list[RunRecord], runs: Mapping[str, Run],
              log) -> Published | None:
     networks = [r for r in records if r.stage in PRUNE_STAGES + TRAINING_STAGES]
-    elsewhere = [r for r in networks if runs[r.run_id].info.experiment_id != experiment_id]
-    if elsewhere:
-        log(f"[views] {len(elsewhere)} of the runs compared are in other experiments; the views "
-            f"of {scope!r} (in experiment {experiment_id}) leave them out")
-    networks = [r for r in networks if r not in elsewhere]
+    here = [r for r in networks if runs[r.run_id].info.experiment_id == experiment_id]
+    if len(here) < len(networks):
+        log(f"[views] {len(networks) - len(here)} of the runs compared are in other "
+            f"experiments; the views of {scope!r} (in experiment {experiment_id}) leave them out")
+    networks = here
     if not networks:
         return None
     _tag_runs(experiment_id, scope, networks, runs, log)
@@ -288,13 +293,12 @@ def _tag_runs(experiment_id: str, scope: str, networks: list[RunRecord],
     """Each run's curves and colour; a run that left the scope (a study changed and run again
     under its name) is untagged, so that the views show what the study holds now."""
     client = MlflowClient()
-    in_view = f"{IN_VIEW}{scope_key(scope)}"
-    colours = _colours(networks)
+    in_view = view_tag(scope)
     failed = 0
     for record in networks:
         tags = runs[record.run_id].data.tags
         new = [RunTag(in_view, PRUNING if record.stage in PRUNE_STAGES else TRAINING)]
-        colour = colours[record.run_id]
+        colour = run_colour(record.group or record.stage, record.seed)
         # A colour someone picked in the UI (not the one we gave) stays.
         if tags.get(RUN_COLOUR) in (None, tags.get(OUR_COLOUR)):
             new += [RunTag(RUN_COLOUR, colour), RunTag(OUR_COLOUR, colour)]
@@ -312,9 +316,3 @@ def _tag_runs(experiment_id: str, scope: str, networks: list[RunRecord],
         if run.info.run_id not in mine:
             client.delete_tag(run.info.run_id, in_view)
 
-
-def _colours(records: list[RunRecord]) -> dict[str, str]:
-    groups: dict[str, list[tuple[int | None, str]]] = {}
-    for r in records:
-        groups.setdefault(r.group or r.stage, []).append((r.seed, r.run_id))
-    return run_colours(groups)
