@@ -142,6 +142,23 @@ def test_a_pipeline_compared_from_another_experiment_keeps_its_views_with_its_ru
     assert matched(client, elsewhere, pruning) == study_runs(client, study.run_id)["prune"]
 
 
+def test_under_mlflow_run_the_views_are_named_after_the_study(store, monkeypatch):
+    """`mlflow run -e main` logs the entry point's own `preset` param ('' when a study file is
+    given, or none) on the pipeline's run before the pipeline starts."""
+    client = MlflowClient()
+    experiment_id = client.create_experiment("mlprunes")
+    run = client.create_run(experiment_id)
+    client.log_param(run.info.run_id, "preset", "''")
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    # As in the process `mlflow run` starts (restored after, so no later test inherits it).
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", experiment_id)
+    assert cli("pipeline", "--preset", "tiny", "--no-progress").run_id == run.info.run_id
+    assert sorted(outer["name"] for outer, _ in saved_views(client, experiment_id).values()) \
+        == ["tiny: pruning curves", "tiny: sizes", "tiny: training curves"]
+    assert "Study **tiny**" in client.get_run(run.info.run_id).data.tags["mlflow.note.content"]
+
+
 def test_runs_get_their_report_colour_in_a_shade_per_seed_and_a_users_colour_stays(store):
     client = MlflowClient()
     result = cli("pipeline", "--preset", "tiny", "--seeds", "0,1", "--no-progress")

@@ -252,7 +252,8 @@ def views_of(job: CompareJob, run: Run, experiment: str) -> tuple[str, str]:
     if job.parent_run_id:
         pipeline = MlflowClient().get_run(job.parent_run_id)
         experiment_id = pipeline.info.experiment_id
-        study = pipeline.data.params.get("preset")
+        # The tag, not the param: under `mlflow run` the param `preset` is the entry point's.
+        study = pipeline.data.tags.get(contract.TAG_PRESET)
         if study:
             return experiment_id, study
     if job.run_name:

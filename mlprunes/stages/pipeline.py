@@ -245,7 +245,9 @@ def _log_summary(used: list[Step], failures: Sequence[Failure] = ()) -> None:
 def description(used: list[Step], failures: Sequence[Failure], compare_id: str | None) -> str:
     """The pipeline run's description: where the report is (first, where a truncated
     description still shows it), what ran, what it found."""
-    study = tracking.fetch_run(mlflow.active_run().info.run_id).data.params.get("preset", "")
+    # The tag, not the param: under `mlflow run` the param `preset` is the entry point's.
+    study = tracking.fetch_run(mlflow.active_run().info.run_id).data.tags.get(
+        contract.TAG_PRESET, "")
     lines = []
     compare = tracking.fetch_run(compare_id) if compare_id is not None else None
     if compare is not None:
