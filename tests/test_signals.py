@@ -100,7 +100,9 @@ def test_sigterm_mid_prune_kills_the_run_and_a_resume_gives_the_same_history(sto
 
 def test_sigterm_to_a_pipeline_kills_its_run_and_the_step_it_was_running(store, tmp_path):
     client = MlflowClient()
-    args = ["pipeline", "--preset", "tiny", "--no-progress"]
+    # The tiny study's prune lasts well under a second on a fast machine, shorter than the
+    # window the test polls in; more fine-tuning steps per prune keep it running for seconds.
+    args = ["pipeline", "--preset", "tiny", "--set", "prune.prune_every=40", "--no-progress"]
     proc, tmpdir = start(args, tmp_path)
     wait_for_running(proc, "prune", "arch.json")
     terminate(proc)
