@@ -31,6 +31,7 @@ from mlprunes.jobs import (BUDGETS, CRITERIA, DEFAULT_EXPERIMENT, FINETUNE_BUDGE
                            PruneJob, RecipeChoice, RunConfig, ScratchJob, TrainJob)
 from mlprunes.cli_help import Group, examples
 from mlprunes.pruning import PruningError
+from mlprunes.pruning.loop import SHRINK_EVERY
 
 class NumberList(click.ParamType):
     """A comma-separated list of numbers, e.g. 0.3,0.6,0.8."""
@@ -467,6 +468,13 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
               help="Cost-aware Fisher (Theis et al.): prune the channel minimising its "
                    "estimated loss increase (nats) plus BETA times the change in GFLOPs per "
                    "image; 0 is plain Fisher. Fisher only.")
+@click.option("--shrink-every", type=click.IntRange(min=0), default=SHRINK_EVERY,
+              show_default=True, metavar="K",
+              help="Every K prunes, fine-tune on the network cut to its surviving channels "
+                   "(weights, BN statistics, momentum and saliency carried over) instead of "
+                   "the masked full-width one: the same computation at a falling cost; 0 "
+                   "fine-tunes the masked network throughout. Checkpoints stay full-width "
+                   "masked ones.")
 @DATA.apply
 @PRUNE_RECIPE.apply
 @RUN.apply
@@ -475,8 +483,8 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
 @resume_option("prune")
 @stage_command
 def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, keep_one,
-          round_to, flops_penalty, data: DataChoice, recipe: RecipeChoice, run: RunConfig,
-          run_name, log_model, resume_run_id):
+          round_to, flops_penalty, shrink_every, data: DataChoice, recipe: RecipeChoice,
+          run: RunConfig, run_name, log_model, resume_run_id):
     """Fine-tune a trained network and prune its channels (Fisher, L1 or random), one (or
     --round-to R) at a time."""
     from mlprunes.stages import prune as stage
@@ -484,7 +492,8 @@ def prune(base_run_id, criterion, prunes, prune_every, save_every, val_every, ke
     job = PruneJob(base_run_id=base_run_id, criterion=criterion, prunes=prunes,
                    prune_every=prune_every, save_every=save_every, val_every=val_every,
                    keep_one=keep_one, round_to=round_to, flops_penalty=flops_penalty,
-                   recipe=recipe, data=data, run=run, run_name=run_name, log_model=log_model)
+                   shrink_every=shrink_every, recipe=recipe, data=data, run=run,
+                   run_name=run_name, log_model=log_model)
     return stage.run(job, resume_run_id=resume_run_id)
 
 

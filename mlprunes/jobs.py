@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from mlprunes.arch import ArchSpec
 from mlprunes.engine.recipes import FINETUNE_PRESET_NAMES, Recipe, finetune_preset, preset
 from mlprunes.errors import StageError
-from mlprunes.pruning.loop import PruneSchedule
+from mlprunes.pruning.loop import SHRINK_EVERY, PruneSchedule
 from mlprunes.pruning.saliency import CRITERIA as SALIENCY_CRITERIA
 
 # Part of every key: bumped when what a key means changes, so that runs made by an older
@@ -294,6 +294,10 @@ class PruneJob(Job):
     keep_one: bool = False
     round_to: int = 1                         # channels per prune, all from one block
     flops_penalty: float = 0.0                # Theis et al.'s beta, nats per GFLOP (fisher)
+    # Prunes between cuts of the network being fine-tuned to its surviving channels (0: only
+    # masked). A setting, as --compile is: the same computation, only its float sums' order
+    # differs, so runs made either way stand in for each other.
+    shrink_every: int = setting(SHRINK_EVERY)
     recipe: RecipeChoice = RecipeChoice()     # over the fine-tuning preset of the base's family
     data: DataChoice = DataChoice()           # over the base run's data
     run: RunConfig = RunConfig()
@@ -317,7 +321,8 @@ class PruneJob(Job):
     @property
     def schedule(self) -> PruneSchedule:
         try:
-            return PruneSchedule(self.prunes, self.prune_every, self.val_every, self.save_every)
+            return PruneSchedule(self.prunes, self.prune_every, self.val_every, self.save_every,
+                                 self.shrink_every)
         except ValueError as err:
             raise StageError(f"--{err}") from None
 

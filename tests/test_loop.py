@@ -59,12 +59,17 @@ def test_the_loop_prunes_validates_and_saves_on_its_schedule(criterion):
     assert saves[0][1]["prune_history"] == pruner.history[:4]
 
 
+@pytest.mark.parametrize("shrink_every", [0, 3], ids=["masked", "shrinking"])
 @pytest.mark.parametrize("criterion", ["fisher", "hessian"])   # both carry per-step sums
 @pytest.mark.parametrize("spec", [SPEC, "resnet"], ids=["wrn", "traced-resnet-8"])
-def test_a_restored_loop_ends_as_the_uninterrupted_one(spec, criterion):
+def test_a_restored_loop_ends_as_the_uninterrupted_one(spec, criterion, shrink_every):
+    """Shrinking every 3 prunes, the checkpoint at 4 prunes is of a network cut after 3 and
+    masked since: the resumed loop cuts it again there and ends bit for bit as the straight
+    one."""
     if spec == "resnet":   # a traced network: its groups' masks live in its BN layers
         spec = arch.make_spec("resnet", depth=8, num_classes=5)
-    schedule = PruneSchedule(prunes=9, prune_every=3, val_every=2, save_every=4)
+    schedule = PruneSchedule(prunes=9, prune_every=3, val_every=2, save_every=4,
+                             shrink_every=shrink_every)
     trainer, pruner, evaluation = setup(criterion, spec=spec)
     straight = prune_while_finetuning(trainer, pruner, schedule, evaluation, (12, 12))
 
@@ -80,10 +85,11 @@ def test_a_restored_loop_ends_as_the_uninterrupted_one(spec, criterion):
     assert list(saved) == [4]
 
     again, again_pruner, _ = setup(criterion, init_seed=123, spec=spec)  # all from the checkpoint
-    start, curve = restore(saved[4], again, again_pruner)
+    assert saved[4]["meta"]["shrunk"] == (3 if shrink_every else 0)
+    start, curve, spent = restore(saved[4], again, again_pruner, (12, 12))
     assert start == 4 and [p["prunes"] for p in curve] == [0, 2, 4]
     resumed = prune_while_finetuning(again, again_pruner, schedule, evaluation, (12, 12),
-                                     start=start, curve=curve)
+                                     start=start, curve=curve, spent=spent)
     assert again_pruner.history == pruner.history
     assert resumed == straight
     for (name, a), b in zip(trainer.model.state_dict().items(),

@@ -37,15 +37,19 @@ _DISK_SLACK_BYTES = 16 * 2 ** 20
 
 def make_checkpoint(model: nn.Module, *, trainer_state: dict[str, Any] | None = None,
                     prune_history: list[int] | None = None,
-                    meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything needed to rebuild `model` (and, with `trainer_state`, to resume training)."""
+                    meta: dict[str, Any] | None = None,
+                    state_dict: dict[str, Any] | None = None,
+                    spec: ArchSpec | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild `model` (and, with `trainer_state`, to resume training).
+    `state_dict` and `spec` stand for the model's own where the network saved is not the one
+    held (a pruning run's cut network saves the full-width masked one)."""
     masked = any(getattr(m, "masked", False) for m in model.modules())
     checkpoint: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "arch": model.spec.to_json(),
+        "arch": (spec or model.spec).to_json(),
         "masked": masked,
-        "model": model.state_dict(),
+        "model": model.state_dict() if state_dict is None else state_dict,
         "prune_history": list(prune_history or []),
         "meta": dict(meta or {}),
         "rng": {"torch": torch.get_rng_state()},

@@ -114,23 +114,43 @@ class Trainer:
         self.amp_dtype = autocast_dtype(precision, self.device)
         if channels_last is None:
             channels_last = self.device.type == "cuda"
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=memory_format)
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._compile = compile
         self.recipe = recipe
         self.loader = loader
+        self.position = Position()
+        self.progress = progress
+        self.desc = desc
+        self._take(model)
+
+    def _take(self, model: nn.Module) -> None:
+        self.model = model.to(self.device, memory_format=self._memory_format)
+        recipe = self.recipe
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=recipe.lr,
                                          momentum=recipe.momentum,
                                          weight_decay=recipe.weight_decay,
                                          nesterov=recipe.nesterov)
-        self.position = Position()
         # Network slimming's L1 term acts on every BatchNorm scale.
         self._bn_scales = [m.weight for m in self.model.modules()
                            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-        self.progress = progress
-        self.desc = desc
         # The compiled module shares parameters with self.model; state dicts come from the
         # plain one so that checkpoints carry no compiler prefixes.
-        self._forward = torch.compile(self.model) if compile else self.model
+        self._forward = torch.compile(self.model) if self._compile else self.model
+
+    def replace_model(self, model: nn.Module,
+                      carry: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """Train `model` from here on, in place of the current one (the same network cut to
+        fewer channels): the optimiser's state for each new parameter is `carry(name, old
+        state tensor, new parameter)` of the old parameter of that name. The position in the
+        data stream is kept."""
+        old = {name: self.optimizer.state.get(param, {})
+               for name, param in self.model.named_parameters()}
+        self._take(model)
+        for name, param in self.model.named_parameters():
+            state = {key: carry(name, value, param) if isinstance(value, torch.Tensor)
+                     and value.dim() > 0 else value for key, value in old[name].items()}
+            if state:
+                self.optimizer.state[param] = state
 
     @property
     def lr(self) -> float:

@@ -56,3 +56,13 @@ def apply_history(model: nn.Module, history: Sequence[int]) -> None:
     """Set a masked model's masks to those of its description after `history`."""
     for unit, mask in zip(prunable_units(model), masks_from_history(model.spec, history)):
         unit.set_mask(mask)
+
+
+def apply_held_history(model: nn.Module, spec: ArchSpec, history: Sequence[int],
+                       shrunk: int) -> None:
+    """Set the masks of `model`, `spec`'s network cut to the channels that survived the first
+    `shrunk` prunes of `history` (or not cut, for 0), to those of the whole `history`."""
+    full = masks_from_history(spec, history)
+    held = masks_from_history(spec, history[:shrunk])
+    for unit, mask, kept in zip(prunable_units(model), full, held):
+        unit.set_mask(mask[kept.bool()])

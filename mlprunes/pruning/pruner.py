@@ -13,7 +13,8 @@ from mlprunes.arch import Spec
 from mlprunes.nets import prunable_units
 from mlprunes.nets.prunable import PrunableBlock
 from mlprunes.counting import Size, count
-from mlprunes.pruning.history import PruningError, block_offsets, locate, masks_from_history
+from mlprunes.pruning.history import (PruningError, block_offsets, locate, masks_from_history,
+                                      spec_after)
 from mlprunes.pruning.saliency import Saliency
 
 
@@ -41,8 +42,7 @@ class Pruner:
                  history: Sequence[int] = (), round_to: int = 1, flops_penalty: float = 0.0,
                  image_size: Size | None = None):
         self.spec: Spec = model.spec
-        self.blocks: list[PrunableBlock] = prunable_units(model)
-        if not self.blocks or not all(b.masked for b in self.blocks):
+        if not prunable_units(model) or not all(b.masked for b in prunable_units(model)):
             raise ValueError("pruning needs a masked model: build(spec, masked=True)")
         if round_to < 1:
             raise ValueError(f"round_to must be at least 1, got {round_to}")
@@ -63,8 +63,6 @@ class Pruner:
         self.image_size = image_size
         self.history: list[int] = [int(i) for i in history]
         expected = masks_from_history(self.spec, self.history)
-        if any(not torch.equal(b.mask.cpu(), m) for b, m in zip(self.blocks, expected)):
-            raise PruningError("the model's masks do not match the given prune history")
         uneven = [i for i, m in enumerate(expected) if int(m.sum()) % round_to]
         if uneven:
             raise PruningError(
@@ -72,7 +70,41 @@ class Pruner:
                 f"multiple of {round_to}; block(s) {uneven} have widths "
                 f"{[int(expected[i].sum()) for i in uneven]} (train the network with "
                 f"--round-to {round_to}, or choose a round-to that divides every width)")
-        saliency.attach(self.blocks)
+        self.blocks: list[PrunableBlock] = []
+        self.bind(model, 0)
+
+    def bind(self, model: nn.Module, shrunk: int) -> None:
+        """Prune `model` from now on: the network `spec` describes, or (`shrunk` > 0) that
+        network cut to the channels that survived the history's first `shrunk` prunes
+        (`mlprunes.pruning.shrink`). History, offsets and sizes keep speaking of the original
+        network's channels; each unit's `origin` maps its channels back to them. The criterion
+        is attached to the new units (its state is the caller's to carry over)."""
+        from mlprunes.pruning.shrink import surviving
+
+        if not 0 <= shrunk <= len(self.history):
+            raise PruningError(f"cannot bind a network cut after {shrunk} prunes to a history "
+                               f"of {len(self.history)}")
+        blocks = prunable_units(model)
+        origins = surviving(self.spec, self.history[:shrunk])
+        if len(blocks) != len(origins) or any(b.mid != len(o) for b, o in zip(blocks, origins)):
+            raise PruningError(f"the model's widths {[b.mid for b in blocks]} are not those of "
+                               f"{self.spec.name} after {shrunk} prunes "
+                               f"{[len(o) for o in origins]}")
+        expected = masks_from_history(self.spec, self.history)
+        if any(not torch.equal(b.mask.cpu(), m[o]) for b, m, o in zip(blocks, expected, origins)):
+            raise PruningError("the model's masks do not match the given prune history")
+        for block, origin, full in zip(blocks, origins, self.spec.mids):
+            # What a criterion that draws per original channel (random) reads.
+            block.origin, block.full_mid = (origin if shrunk else None), full
+        self.blocks = blocks
+        self.origins = origins
+        self.shrunk = shrunk
+        self.saliency.attach(self.blocks)   # (a criterion's attach detaches it from the old)
+
+    @property
+    def held_spec(self) -> Spec:
+        """The network the pruned model physically is: cut after `shrunk` prunes."""
+        return spec_after(self.spec, self.history[:self.shrunk]) if self.shrunk else self.spec
 
     @property
     def channels_left(self) -> int:
@@ -92,7 +124,7 @@ class Pruner:
         for index, (block, block_scores) in enumerate(zip(self.blocks, scores)):
             if widths[index] - self.round_to < floor:
                 continue
-            alive = (block.mask.detach().cpu() > 0).nonzero().flatten()
+            alive = (block.mask.detach().cpu() > 0).nonzero().flatten()   # as it is held
             # A NaN score goes first, as argmin takes it; stable, so that among equal scores the
             # lowest channel goes first, as argmin does.
             live = block_scores.detach().float().cpu()[alive].nan_to_num(nan=-math.inf)
@@ -108,7 +140,7 @@ class Pruner:
         if best is None:
             raise PruningError(self._nothing_left_message())
         offset = block_offsets(self.spec)[best[1]]
-        indices = [offset + int(c) for c in best[2]]
+        indices = [offset + int(self.origins[best[1]][c]) for c in best[2]]
         for index in indices:
             self.prune_channel(index)
         self.saliency.reset()
@@ -119,16 +151,17 @@ class Pruner:
         return count(self.spec.with_mids(widths), self.image_size).cost_flops / 1e9
 
     def prune_channel(self, index: int) -> None:
-        """Switch off one channel by global index and record it."""
+        """Switch off one channel by global index (of the original network) and record it."""
         block, channel = locate(self.spec, index)
         unit = self.blocks[block]
         mask = unit.mask
-        if mask[channel] == 0:
+        held = (self.origins[block] == channel).nonzero().flatten()
+        if len(held) == 0 or mask[int(held[0])] == 0:
             raise PruningError(f"channel {index} (block {block}, channel {channel}) is already "
                                f"pruned")
         if self.keep_one and int(mask.sum()) == 1:
             raise PruningError(f"channel {index} is the last one of block {block} (keep_one)")
-        unit.drop(channel)
+        unit.drop(int(held[0]))
         self.history.append(index)
 
     def detach(self) -> None:

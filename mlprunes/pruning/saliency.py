@@ -43,6 +43,12 @@ class Saliency:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def cut_state(self, state: dict, keeps: list[torch.Tensor]) -> dict | None:
+        """`state` (this criterion's `state_dict`) for the units cut to `keeps` (each unit's
+        surviving channels, as it numbered them), or None to start afresh; called when the
+        network is cut to its surviving channels, right after a prune."""
+        return state
+
 
 class FisherSaliency(Saliency):
     """Fisher pruning (Theis et al. 2018, arXiv 1801.05787).
@@ -137,6 +143,13 @@ class FisherSaliency(Saliency):
         self._examples = [None if t is None else t.to(b.mask.device)
                           for t, b in zip(examples, self._blocks)]
         self._steps = list(state.get("steps", [0] * len(totals)))
+
+    def cut_state(self, state: dict, keeps: list[torch.Tensor]) -> dict:
+        """The sums of the surviving channels (zero right after a prune, which resets them)."""
+        def cut(tensors):
+            return [None if t is None else t[k.to(t.device)] for t, k in zip(tensors, keeps)]
+        return {"totals": cut(state["totals"]), "examples": cut(state["examples"]),
+                "steps": list(state["steps"])}
 
 
 def dead_inputs(blocks: list[PrunableBlock]) -> dict:
@@ -486,6 +499,13 @@ class HessianSaliency(Saliency):
                          if t is not None}
         self._steps = int(state["steps"])
 
+    def cut_state(self, state: dict, keeps: list[torch.Tensor]) -> None:
+        """Nothing to carry: the network is cut right after a prune, which resets the sums
+        (a cut network may have fewer layers: a block cut to nothing has none)."""
+        if any(t is not None for t in state["squares"]):
+            raise RuntimeError("hessian's sums can only be cut right after a prune")
+        return None
+
 
 class RandomSaliency(Saliency):
     """Uniform random scores: a random active channel is pruned.
@@ -502,7 +522,12 @@ class RandomSaliency(Saliency):
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.prunes_done)
-        return [torch.rand(block.mid, generator=generator) for block in blocks]
+        # Drawn for the original network's channels, so that a network cut to its surviving
+        # ones (a unit's `origin`) draws the same scores for them.
+        draws = [torch.rand(getattr(block, "full_mid", block.mid), generator=generator)
+                 for block in blocks]
+        return [d if getattr(block, "origin", None) is None else d[block.origin]
+                for d, block in zip(draws, blocks)]
 
     def reset(self) -> None:
         self.prunes_done += 1

@@ -22,8 +22,8 @@ from mlprunes.signals import deferred
 from mlprunes.jobs import PruneJob, criterion_label
 from mlprunes.nets import build, is_mask_key
 from mlprunes.pruning import Pruner, compress, make_saliency, spec_after
-from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_macs, finetune_share,
-                                   prune_while_finetuning, restore, schedule_caveat)
+from mlprunes.pruning.loop import (CURVE_COLUMNS, finetune_share, prune_while_finetuning,
+                                   restore, schedule_caveat)
 from mlprunes.stages import contract, digests, kept, tracking
 from mlprunes.stages.common import (check_batches, check_input, load_splits, make_loaders, say,
                                     spec_json)
@@ -80,9 +80,9 @@ def run(job: PruneJob, parent_run_id: str | None = None,
         with contract.stage_run(job, name, tags, parent_run_id=parent_run_id,
                                 resume_run_id=resume_run_id) as run:
             run_id = run.info.run_id
-            start, curve, logged_through = 0, [], -1
+            start, curve, spent, logged_through = 0, [], None, -1
             if resume_run_id is not None:
-                start, curve = _resume(run_id, trainer, pruner, tmp)
+                start, curve, spent = _resume(run_id, trainer, pruner, tmp, splits.image_size)
                 logged_through = tracking.last_logged_step(run_id, "val_error")
             # The loop fine-tunes before each prune and once more after the last.
             share = finetune_share(job.prunes + 1, job.prune_every, recipe.batch_size,
@@ -95,6 +95,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                     "prunes": job.prunes, "prune_every": job.prune_every,
                     "save_every": job.save_every, "val_every": job.val_every,
                     "keep_one": job.keep_one, "round_to": job.round_to,
+                    "shrink_every": job.shrink_every,
                     "flops_penalty": job.flops_penalty, **recipe.to_dict(), **vars(data),
                     "seed": job.run.seed, "precision": job.run.precision, "preset": preset,
                     **contract.arch_params(spec), "device": job.run.device,
@@ -123,9 +124,9 @@ def run(job: PruneJob, parent_run_id: str | None = None,
                            checkpoint["meta"]["curve"], checkpoint_widths(spec, pruner.history,
                                                                           prunes, job))
 
-            prune_while_finetuning(trainer, pruner, job.schedule, loaders.eval,
+            curve = prune_while_finetuning(trainer, pruner, job.schedule, loaders.eval,
                                    splits.image_size, start=start, curve=curve,
-                                   macs_before=macs_before, on_point=[log_point],
+                                   macs_before=macs_before, spent=spent, on_point=[log_point],
                                    on_save=[log_checkpoint], test_loader=loaders.test,
                                    progress=job.run.progress)
             final = spec_after(spec, pruner.history)
@@ -135,8 +136,7 @@ def run(job: PruneJob, parent_run_id: str | None = None,
             log_final(compress(trainer.model), trainer.amp_dtype, loaders, splits.image_size,
                       tmp, job.log_model, step=job.prunes,
                       model_name=f"{spec.name}-{label}-p{job.prunes}",
-                      train_macs=macs_before + finetune_macs(trainer, pruner,
-                                                             splits.image_size))
+                      train_macs=curve[-1]["train_macs"])
             return run_id
 
 
@@ -193,16 +193,16 @@ def _log_saved(run_id: str, prunes: int, checkpoint: dict[str, Any], history: li
         tracking.log_csv(curve, contract.PRUNING_CURVE, CURVE_COLUMNS)
 
 
-def _resume(run_id: str, trainer: Trainer, pruner: Pruner, tmp: Path):
+def _resume(run_id: str, trainer: Trainer, pruner: Pruner, tmp: Path, image_size):
     counts = contract.saved_prune_counts(run_id)
     checkpoint = contract.resume_checkpoint(
         run_id, contract.prune_checkpoint(counts[-1]) if counts else None, tmp / "resume",
         map_location=trainer.device, progress=lambda c: c["meta"]["prunes"])
     if checkpoint is None:  # killed before its first checkpoint: the same run, from the start
         say(f"prune run {run_id} saved no checkpoint; pruning again from the start")
-        return 0, []
-    start, curve = restore(checkpoint, trainer, pruner)
+        return 0, [], None
+    start, curve, spent = restore(checkpoint, trainer, pruner, image_size)
     kept_at = checkpoint.get("kept_at")
     say(f"resuming prune run {run_id} after {start} prunes"
         + (f" from the checkpoint kept at {kept_at}" if kept_at else ""))
-    return start, curve
+    return start, curve, spent

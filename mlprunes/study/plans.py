@@ -21,6 +21,7 @@ from mlprunes.errors import StageError
 from mlprunes.jobs import (FINETUNE_TAGS, CompareJob, DataChoice, DataConfig, EvaluateJob,
                            FamilyJob, FinetuneJob, PruneJob, RecipeChoice, RunConfig, ScratchJob,
                            TrainJob, criterion_label)
+from mlprunes.pruning.loop import SHRINK_EVERY
 from mlprunes.study.graph import Graph
 
 
@@ -38,6 +39,7 @@ class StudyPlan:
     prune_recipe: dict[str, Any] = field(default_factory=dict)   # fine-tuning: the same
     criteria: tuple[str, ...] = ("fisher", "l1-mean", "random")
     keep_one: bool = False
+    shrink_every: int = SHRINK_EVERY           # prunes between cuts to the surviving channels
     round_to: int = 1                          # every width a multiple of this, throughout
     flops_penalty: float = 0.0                 # Theis et al.'s beta for the fisher criterion
     slimming: float = 0.0                      # > 0: bn-scale prunes a base of its own, trained
@@ -142,7 +144,7 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
     prunes = {c: graph.add(f"prune-{c}{suffix}", PruneJob(
         base_run_id=bases[c], criterion=c, prunes=plan.prunes, prune_every=plan.prune_every,
         save_every=plan.save_every, val_every=plan.val_every, keep_one=plan.keep_one,
-        round_to=plan.round_to, flops_penalty=plan.flops_penalty if c == "fisher" else 0.0,
+        shrink_every=plan.shrink_every, round_to=plan.round_to, flops_penalty=plan.flops_penalty if c == "fisher" else 0.0,
         recipe=RecipeChoice(**plan.prune_recipe), data=located, run=run, log_model=log_model,
         run_name=f"prune-{_label(plan, c)}{suffix}"))
         for c in plan.criteria}

@@ -30,6 +30,7 @@ from mlprunes.engine.recipes import FINETUNE_PRESET_NAMES, finetune_preset
 from mlprunes.engine.recipes import default_preset, preset as recipe_preset
 from mlprunes.errors import StageError
 from mlprunes.jobs import BUDGETS, CRITERIA, FINETUNE_BUDGETS, DataConfig
+from mlprunes.pruning.loop import SHRINK_EVERY
 from mlprunes.study.plans import StudyPlan, baseline_network
 
 PRESET_NAMES = ("demo", "tiny", "wrn-40-2", "densenet-bc-100", "resnet-56", "vgg-16",
@@ -188,7 +189,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "train": {**_RECIPE, "epochs": _integer(1, 100000), "bn_l1": _number(0)},
     "prune": {"criteria": _list_of(_one_of(CRITERIA), unique=True, empty=False),
               "prunes": _integer(1), "prune_every": _integer(1), "val_every": _integer(1),
-              "save_every": _integer(1), "keep_one": _boolean,
+              "save_every": _integer(1), "keep_one": _boolean, "shrink_every": _integer(0),
               "flops_penalty": _number(low=0), "slimming": _number(low=0), **_RECIPE},
     "scratch": {"prunes": _list_of(_integer(1), unique=True),
                 "params_budgets": _list_of(_integer(1), unique=True),
@@ -220,7 +221,7 @@ _REAL = {"data": ("val_split",), "network": ("width", "bottle"),
          "baselines": ("widths", "bottles", "macs_reductions"), "family": (),
          "scratch": ("max_epoch_factor", "macs_reductions"), "finetune": _RECIPE_REALS}
 _PRUNE_SCHEDULE = ("criteria", "prunes", "prune_every", "val_every", "save_every", "keep_one",
-                   "flops_penalty", "slimming")
+                   "shrink_every", "flops_penalty", "slimming")
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -482,6 +483,7 @@ def _plan(tree: dict[str, Any], source: str, default_name: str) -> StudyPlan:
         criteria=tuple(schedule.get("criteria", ("fisher", "l1-mean", "random"))), prunes=prunes,
         prune_every=schedule.get("prune_every", 100), val_every=schedule.get("val_every", 10),
         save_every=schedule.get("save_every", 100), keep_one=schedule.get("keep_one", False),
+        shrink_every=schedule.get("shrink_every", SHRINK_EVERY),
         round_to=round_to, flops_penalty=float(schedule.get("flops_penalty", 0.0)),
         slimming=float(schedule.get("slimming", 0.0)),
         scratch_prunes=tuple(scratch.get("prunes", ())),
@@ -550,7 +552,7 @@ def study_tree(plan: StudyPlan) -> dict[str, Any]:
         "prune": {"criteria": list(plan.criteria), "prunes": plan.prunes,
                   "prune_every": plan.prune_every, "val_every": plan.val_every,
                   "save_every": plan.save_every, "keep_one": plan.keep_one,
-                  **plan.prune_recipe},
+                  "shrink_every": plan.shrink_every, **plan.prune_recipe},
         "scratch": {"prunes": list(plan.scratch_prunes),
                     "params_budgets": list(plan.scratch_params_budgets),
                     "macs_reductions": list(plan.scratch_macs_reductions),
