@@ -10,6 +10,8 @@ fast: optimistic for small networks on big GPUs, which the numbers then flatter)
 Where a job's network is not known before its inputs have run (a pruned architecture, a family
 member), it is estimated: after N of the C prunable channels, MACs x (1 - N/C); a family member
 at budget P, MACs x P / the base's parameters. Scratch-B is by definition the base's compute.
+A prune run fine-tunes at full width while masked and on the cut network once it shrinks
+(`pruning_macs`).
 """
 
 from __future__ import annotations
@@ -141,8 +143,9 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
         spec, macs, estimated, base = _source(job.base_run_id, graph, specs)
         specs[name] = (spec, macs, estimated)
         batch = job.recipe.resolve(base.preset, pruning=True).batch_size
-        # The masked network costs the full network's MACs throughout.
-        return STEP_COST * macs * job.prunes * job.prune_every * batch, estimated
+        # Once it shrinks, which channels go (and so its cost) depends on the criterion.
+        return (STEP_COST * pruning_macs(spec, size, job) * job.prune_every * batch,
+                estimated or job.shrink_every > 0)
     if isinstance(job, (ScratchJob, FinetuneJob)):
         spec, macs, _, prune = _source(job.prune_run_id, graph, specs)
         base = graph[prune.base_run_id.node].job
@@ -175,6 +178,30 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
     if isinstance(job, CompareJob):
         return 0.0, False
     raise TypeError(f"no cost model for {job.stage} jobs")
+
+
+def pruning_macs(spec: ArchSpec, size, job: PruneJob) -> float:
+    """MACs per image summed over a prune run's fine-tuning segments (one per prune): the masked
+    network computes at full width, so without shrinking every segment costs the full
+    network's MACs; with `shrink_every` K, the segment after q prunes costs the network cut
+    after the last multiple of K. Which channels go depends on the criterion, so the estimate
+    takes none: every block loses channels in proportion to its width (the blocks' other
+    layers, and a WRN's shortcuts, keep their cost)."""
+    full = count(spec, size).flops
+    every = job.shrink_every
+    if every <= 0:
+        return float(full) * job.prunes
+    total, cut_flops = 0.0, {}
+    channels = spec.prunable_channels
+    for q in range(job.prunes):
+        held = min(channels, (q // every) * every * job.round_to)
+        if held not in cut_flops:
+            keep = 1 - held / channels
+            cut_flops[held] = count(spec.with_mids(max(0 if spec.can_empty_groups else 1,
+                                                       round(m * keep)) for m in spec.mids),
+                                    size).flops
+        total += cut_flops[held]
+    return total
 
 
 def format_hours(seconds: float) -> str:

@@ -1,0 +1,201 @@
+"""Pruning on a network that shrinks: every K prunes the network being fine-tuned is cut to its
+surviving channels. It must choose the channels the masked run chooses, draw the same curve to
+float tolerance, cost less, and save checkpoints every reader takes as a masked run's."""
+
+import copy
+import functools
+
+import pytest
+import torch
+
+from mlprunes import arch
+from mlprunes.counting import count, training_macs
+from mlprunes.engine.checkpoint import model_from_checkpoint
+from mlprunes.nets import build, prunable_units
+from mlprunes.pruning import compress, make_saliency, masks_from_history, spec_after
+from mlprunes.pruning.loop import PruneSchedule, prune_while_finetuning
+from mlprunes.pruning.saliency import FisherSaliency
+from mlprunes.pruning.shrink import cut, cut_tensor, expand, surviving
+from tests.test_loop import setup
+
+SIZE = (12, 12)   # the toy data's images
+
+# Float sums in another order (a cut conv adds fewer zeros, in other blocks) are all that
+# differs; over these short runs the validation losses agree to this (measured: up to 8e-6).
+LOSS_TOLERANCE = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def network(name: str):
+    if name == "wrn":
+        return arch.wrn(10, 1, num_classes=5)
+    if name == "resnet":   # a CIFAR ResNet, traced: its groups are each block's inner channels
+        return arch.make_spec("resnet", depth=8, num_classes=5)
+    return arch.make_spec(f"torchvision:{name}", num_classes=5, input_size=16)
+
+
+def run(spec, criterion: str, shrink_every: int, prunes: int = 12):
+    trainer, pruner, evaluation = setup(criterion, spec=spec)
+    schedule = PruneSchedule(prunes=prunes, prune_every=3, val_every=2, save_every=4,
+                             shrink_every=shrink_every)
+    saves = {}
+    curve = prune_while_finetuning(trainer, pruner, schedule, evaluation, SIZE,
+                                   on_save=[lambda p, c: saves.update({p: copy.deepcopy(c)})])
+    return trainer, pruner, curve, saves
+
+
+# An untrained ResNet-18 on 12-pixel images has 1x1 feature maps in its last stage, where a
+# ReLU that a float-order difference flips (seen 8 steps after a cut) changes a gradient by a
+# third: 6 prunes, cut every 2, stay short of that.
+@pytest.mark.parametrize("name, prunes, every", [("wrn", 12, 4), ("resnet", 12, 4),
+                                                 ("resnet18", 6, 2)])
+def test_a_shrinking_run_prunes_as_the_masked_run_does_at_less_cost(name, prunes, every):
+    spec = network(name)
+    masked_trainer, masked, masked_curve, masked_saves = run(spec, "fisher", 0, prunes)
+    trainer, pruner, curve, saves = run(spec, "fisher", every, prunes)
+
+    assert pruner.history == masked.history            # the same channels, in the same order
+    # The network it holds is the one cut after 12 prunes, not the full width.
+    assert trainer.model.spec == spec_after(spec, pruner.history)
+    assert [p["prunes"] for p in curve] == [p["prunes"] for p in masked_curve]
+    for a, b in zip(curve, masked_curve):
+        for key in ("params", "flops", "channels_left", "val_error", "finetune_epochs"):
+            assert a[key] == b[key], (a["prunes"], key)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=LOSS_TOLERANCE)
+    # What it spent: the full network's MACs for the segments before the first cut, then each
+    # cut network's for its own.
+    batch, steps = masked_trainer.loader.batch_size, 3
+    expected = sum(training_macs(count(spec_after(spec, pruner.history[:every * (q // every)]),
+                                       SIZE).flops, steps * batch) for q in range(prunes + 1))
+    assert curve[-1]["train_macs"] == pytest.approx(expected)
+    assert curve[-1]["train_macs"] < masked_curve[-1]["train_macs"]
+
+    # Its checkpoints are full-width masked ones, as the masked run's are: the same keys,
+    # shapes, masks and history, and a network that computes what the masked run's does.
+    assert list(saves) == list(masked_saves) == [p for p in range(1, prunes + 1)
+                                                 if p % 4 == 0 or p == prunes]
+    for p in saves:
+        ours, theirs = saves[p], masked_saves[p]
+        assert ours["arch"] == theirs["arch"] and ours["prune_history"] == theirs["prune_history"]
+        assert {k: v.shape for k, v in ours["model"].items()} == {
+            k: v.shape for k, v in theirs["model"].items()}
+        for a, b in zip(prunable_units(model_from_checkpoint(_loaded(ours))),
+                        prunable_units(model_from_checkpoint(_loaded(theirs)))):
+            assert torch.equal(a.mask, b.mask)
+        x = torch.randn(4, 3, *SIZE, generator=torch.Generator().manual_seed(p))
+        ours_out = compress(model_from_checkpoint(_loaded(ours))).eval()(x)
+        theirs_out = compress(model_from_checkpoint(_loaded(theirs))).eval()(x)
+        assert torch.allclose(ours_out, theirs_out, atol=1e-3, rtol=1e-3)
+        assert ours["meta"]["shrunk"] == p and theirs["meta"]["shrunk"] == 0
+
+
+def _loaded(checkpoint):
+    """A checkpoint as `load_checkpoint` gives it (with its parsed description)."""
+    return {**checkpoint, "spec": arch.ArchSpec.from_json(checkpoint["arch"])}
+
+
+@pytest.mark.parametrize("criterion", ["random", "l1", "hessian", "taylor"])
+def test_every_kind_of_criterion_chooses_alike_on_a_shrinking_network(criterion):
+    """Random draws per original channel; magnitude criteria read weights the cut carries;
+    Hessian and Taylor start afresh after each prune, where the network is cut."""
+    spec = network("resnet")
+    assert run(spec, criterion, 3)[1].history == run(spec, criterion, 0)[1].history
+
+
+def test_a_seed_network_whose_blocks_vanish_keeps_shrinking():
+    """The seed's WRN may lose whole blocks (one becomes its shortcut): cut, such a block has
+    no layers at all, and pruning goes on in the others."""
+    spec = arch.wrn(10, 1, num_classes=5)
+    trainer, pruner, _ = setup("l1", spec=spec)
+    prune_while_finetuning(trainer, pruner, PruneSchedule(prunes=100, prune_every=1,
+                                                          val_every=50, save_every=50,
+                                                          shrink_every=10),
+                           setup("l1", spec=spec)[2], SIZE)
+    assert 0 in trainer.model.spec.mids
+    assert trainer.model.spec == spec_after(spec, pruner.history)
+
+
+def test_cut_carries_momentum_so_training_goes_on_as_in_the_masked_network():
+    """A masked network and its cut form, trained the same steps from the same optimiser
+    state, stay the same network: the momentum of exactly the surviving entries is carried."""
+    spec = network("resnet")
+    trainer, pruner, _ = setup("fisher", spec=spec)
+    trainer.train_steps(4)
+    for _ in range(6):
+        pruner.prune()
+    other = copy.deepcopy(trainer)
+    pruner.detach()
+    smaller, maps = cut(other.model, (3, *SIZE))
+    other.replace_model(smaller, lambda name, old, new: cut_tensor(old, maps[name], new))
+    before = {n: p.numel() for n, p in trainer.model.named_parameters()}
+    after = {n: p.numel() for n, p in other.model.named_parameters()}
+    assert sum(after.values()) < sum(before.values())
+    trainer.train_steps(5)
+    other.train_steps(5)
+    x = torch.randn(4, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+    trainer.model.eval(), other.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(trainer.model(x), other.model(x), atol=1e-5, rtol=1e-4)
+    # Without the momentum the same steps would go elsewhere: the check can fail.
+    bare = copy.deepcopy(trainer)
+    bare.replace_model(cut(bare.model, (3, *SIZE))[0], lambda name, old, new: torch.zeros_like(new))
+    bare.train_steps(5)
+    trainer.train_steps(5)
+    bare.model.eval(), trainer.model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(trainer.model(x), bare.model(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vgg", "mobilenet_v2"])   # chains; depthwise and residuals
+def test_expand_gives_the_full_width_masked_network_the_cut_one_computes(name):
+    spec = (arch.make_spec("vgg", depth=11, num_classes=5, input_size=16) if name == "vgg"
+            else network(name))
+    model = build(spec, masked=True)
+    generator = torch.Generator().manual_seed(0)
+    history = []
+    for block, width in enumerate(spec.mids):   # half of each group, the first channel kept
+        offset = sum(spec.mids[:block])
+        history += [offset + int(c) + 1 for c in torch.randperm(width - 1, generator=generator)
+                    [:width // 2]]
+    shrunk, rest = history[:len(history) // 2], history[len(history) // 2:]
+    from mlprunes.pruning import apply_history
+    apply_history(model, shrunk)
+    smaller, _ = cut(model, (3, 16, 16))
+    assert smaller.spec == spec_after(spec, shrunk)
+    for unit, mask, kept in zip(prunable_units(smaller), masks_from_history(spec, history),
+                                surviving(spec, shrunk)):
+        unit.set_mask(mask[kept])
+    full = build(spec, masked=True)
+    full.load_state_dict(expand(smaller, spec, shrunk, history))   # strict: every key
+    x = torch.randn(2, 3, 16, 16, generator=generator)
+    full.eval(), smaller.eval()
+    with torch.no_grad():
+        assert torch.allclose(full(x), smaller(x), atol=1e-5)
+    assert all(torch.equal(u.mask, m) for u, m in zip(prunable_units(full),
+                                                      masks_from_history(spec, history)))
+
+
+def test_fisher_state_is_cut_to_the_surviving_channels():
+    saliency = FisherSaliency()
+    state = {"totals": [torch.tensor([1., 2., 3.]), None], "examples": [None, torch.ones(2)],
+             "steps": [3, 1]}
+    cut_state = saliency.cut_state(state, [torch.tensor([0, 2]), torch.tensor([1])])
+    assert torch.equal(cut_state["totals"][0], torch.tensor([1., 3.]))
+    assert cut_state["totals"][1] is None and cut_state["steps"] == [3, 1]
+    assert torch.equal(cut_state["examples"][1], torch.ones(1))
+
+
+def test_random_scores_follow_the_original_channels():
+    spec = arch.wrn(10, 1, num_classes=5)
+    model = build(spec, masked=True)
+    units = prunable_units(model)
+    full = make_saliency("random", seed=3).scores(units)
+    for unit, width in zip(units, spec.mids):
+        unit.full_mid, unit.origin = width, torch.arange(0, width, 2)
+    assert all(torch.equal(a[u.origin], b) for a, u, b in
+               zip(full, units, make_saliency("random", seed=3).scores(units)))
+
+
+def test_a_negative_shrink_every_is_refused():
+    with pytest.raises(ValueError, match="shrink-every must be >= 0"):
+        PruneSchedule(prunes=3, prune_every=1, shrink_every=-1)
