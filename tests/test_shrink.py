@@ -199,3 +199,49 @@ def test_random_scores_follow_the_original_channels():
 def test_a_negative_shrink_every_is_refused():
     with pytest.raises(ValueError, match="shrink-every must be >= 0"):
         PruneSchedule(prunes=3, prune_every=1, shrink_every=-1)
+
+
+def test_a_shrinking_prune_run_feeds_every_later_stage_as_a_masked_one_does(store, tmp_path):
+    """scratch, family, evaluate and export read a shrinking run's artifacts and checkpoints
+    as they read a masked run's, and find the same networks in them."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.stage_helpers import TINY_TRAIN, cli, read_artifact_text
+    from tests.test_stages import prune_args
+
+    client = MlflowClient()
+    base = cli(*TINY_TRAIN).run_id
+    runs = {k: cli(*prune_args(base, "--shrink-every", str(k))).run_id for k in (0, 3)}
+    assert client.get_run(runs[3]).data.params["shrink_every"] == "3"
+    for artifact in ("prune_history.json", "checkpoint_widths.json", "final_arch.json"):
+        texts = {k: json.loads(read_artifact_text(r, artifact, tmp_path / f"{k}-{artifact}"))
+                 for k, r in runs.items()}
+        assert texts[0] == texts[3], artifact
+    metrics = {k: client.get_run(r).data.metrics for k, r in runs.items()}
+    assert metrics[0]["params"] == metrics[3]["params"]
+    assert metrics[3]["test_error"] == pytest.approx(metrics[0]["test_error"], abs=1e-6)
+    assert metrics[3]["train_macs"] < metrics[0]["train_macs"]
+
+    def made(*args):
+        run_id = cli(*args, "--no-progress").run_id
+        return client.get_run(run_id)
+
+    found = {}
+    for k, r in runs.items():
+        scratch = made("scratch", "--prune-run-id", r, "--prunes", "4", "--no-log-model")
+        family = made("family", "--prune-run-id", r, "--prunes", "8", "--budgets", "40000",
+                      "--no-log-model")
+        members = client.search_runs([family.info.experiment_id],
+                                     f"tags.`mlflow.parentRunId` = '{family.info.run_id}'")
+        evaluate = made("evaluate", "--run-id", r, "--repeats", "1", "--batch-size", "8")
+        out = tmp_path / f"p4-{k}.onnx"
+        export = cli("export", "--run-id", r, "--prunes", "4", "--format", "onnx", "--out",
+                     str(out))
+        assert export.exit_code == 0 and "matches the masked network to" in export.stderr
+        found[k] = (scratch.data.params["arch_spec"],
+                    sorted(m.data.params["arch_spec"] for m in members),
+                    evaluate.data.metrics["params"], evaluate.data.metrics["test_error"])
+    assert found[0][:3] == found[3][:3]
+    assert found[3][3] == pytest.approx(found[0][3], abs=1e-6)
