@@ -16,7 +16,7 @@ from mlprunes.pruning import compress, make_saliency, masks_from_history, spec_a
 from mlprunes.pruning.loop import PruneSchedule, prune_while_finetuning
 from mlprunes.pruning.saliency import FisherSaliency
 from mlprunes.pruning.shrink import cut, cut_tensor, expand, surviving
-from tests.test_loop import setup
+from tests.test_loop import setup as setup_at_12
 
 SIZE = (12, 12)   # the toy data's images
 
@@ -31,15 +31,37 @@ def network(name: str):
         return arch.wrn(10, 1, num_classes=5)
     if name == "resnet":   # a CIFAR ResNet, traced: its groups are each block's inner channels
         return arch.make_spec("resnet", depth=8, num_classes=5)
+    if name == "vgg":      # a chain: every conv's inputs are the last group's channels
+        return arch.make_spec("vgg", depth=11, num_classes=5, input_size=16)
     return arch.make_spec(f"torchvision:{name}", num_classes=5, input_size=16)
 
 
+def setup(criterion, spec, size=12):
+    """`tests.test_loop.setup` on toy images of `size` pixels."""
+    if size == 12:
+        return setup_at_12(criterion, spec=spec)
+    from mlprunes.data.loader import DeviceLoader
+    from mlprunes.engine.recipes import preset
+    from mlprunes.engine.trainer import Trainer, seed_everything
+    from mlprunes.pruning import Pruner
+    from tests.test_engine import toy_data
+
+    seed_everything(0)
+    images, labels = toy_data(size=size)
+    train = DeviceLoader(images, labels, 16, (0.3,) * 3, (0.2,) * 3, train=True, seed=0)
+    evaluation = DeviceLoader(images, labels, 32, (0.3,) * 3, (0.2,) * 3, train=False)
+    trainer = Trainer(build(spec, masked=True), preset("wrn", pruning=True).override(
+        batch_size=16), train, progress=False)
+    return trainer, Pruner(trainer.model, make_saliency(criterion, seed=0)), evaluation
+
+
 def run(spec, criterion: str, shrink_every: int, prunes: int = 12):
-    trainer, pruner, evaluation = setup(criterion, spec=spec)
+    size = 16 if getattr(spec, "builder", "") == "vgg" else 12
+    trainer, pruner, evaluation = setup(criterion, spec, size)
     schedule = PruneSchedule(prunes=prunes, prune_every=3, val_every=2, save_every=4,
                              shrink_every=shrink_every)
     saves = {}
-    curve = prune_while_finetuning(trainer, pruner, schedule, evaluation, SIZE,
+    curve = prune_while_finetuning(trainer, pruner, schedule, evaluation, (size, size),
                                    on_save=[lambda p, c: saves.update({p: copy.deepcopy(c)})])
     return trainer, pruner, curve, saves
 
@@ -94,11 +116,13 @@ def _loaded(checkpoint):
     return {**checkpoint, "spec": arch.ArchSpec.from_json(checkpoint["arch"])}
 
 
-@pytest.mark.parametrize("criterion", ["random", "l1", "hessian", "taylor"])
+@pytest.mark.parametrize("criterion", ["random", "l1", "l1-mean", "fpgm", "hessian", "taylor"])
 def test_every_kind_of_criterion_chooses_alike_on_a_shrinking_network(criterion):
-    """Random draws per original channel; magnitude criteria read weights the cut carries;
-    Hessian and Taylor start afresh after each prune, where the network is cut."""
-    spec = network("resnet")
+    """Random draws per original channel; magnitude criteria read weights the cut carries (on
+    a VGG, where a layer's inputs are the channels another group loses: the masked network's
+    dead inputs read as the cut network's missing ones); Hessian and Taylor start afresh after
+    each prune, where the network is cut."""
+    spec = network("vgg")
     assert run(spec, criterion, 3)[1].history == run(spec, criterion, 0)[1].history
 
 
@@ -106,11 +130,11 @@ def test_a_seed_network_whose_blocks_vanish_keeps_shrinking():
     """The seed's WRN may lose whole blocks (one becomes its shortcut): cut, such a block has
     no layers at all, and pruning goes on in the others."""
     spec = arch.wrn(10, 1, num_classes=5)
-    trainer, pruner, _ = setup("l1", spec=spec)
+    trainer, pruner, evaluation = setup("l1", spec)
     prune_while_finetuning(trainer, pruner, PruneSchedule(prunes=100, prune_every=1,
                                                           val_every=50, save_every=50,
                                                           shrink_every=10),
-                           setup("l1", spec=spec)[2], SIZE)
+                           evaluation, SIZE)
     assert 0 in trainer.model.spec.mids
     assert trainer.model.spec == spec_after(spec, pruner.history)
 
@@ -119,7 +143,7 @@ def test_cut_carries_momentum_so_training_goes_on_as_in_the_masked_network():
     """A masked network and its cut form, trained the same steps from the same optimiser
     state, stay the same network: the momentum of exactly the surviving entries is carried."""
     spec = network("resnet")
-    trainer, pruner, _ = setup("fisher", spec=spec)
+    trainer, pruner, _ = setup("fisher", spec)
     trainer.train_steps(4)
     for _ in range(6):
         pruner.prune()

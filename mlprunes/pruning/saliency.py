@@ -194,14 +194,32 @@ class L1Saliency(Saliency):
 
 class L1MeanSaliency(Saliency):
     """The mean |W| of each channel's filter: the L1 norm over the number of weights in the
-    filter (its inputs x kernel area), so that filters of blocks with more inputs are not
-    ranked higher for their count of weights alone."""
+    filter (its live inputs x kernel area), so that filters of blocks with more inputs are not
+    ranked higher for their count of weights alone. Inputs from channels already pruned do
+    not count: the filter has those weights no more (and the network cut to its surviving
+    channels has not got them at all)."""
 
     name = "l1-mean"
 
     def scores(self, blocks: list[PrunableBlock]) -> list[torch.Tensor]:
         dead = dead_inputs(blocks)
-        return [_filters(b, dead).abs().mean(dim=1) for b in blocks]
+        out = []
+        for b in blocks:
+            rows = _filters(b, dead)
+            live = max(1, rows.shape[1] - _dead_weights(b, dead))
+            out.append(rows.abs().sum(dim=1) / live)
+        return out
+
+
+def _dead_weights(unit, dead: dict) -> int:
+    """How many weights of each of a unit's filters read pruned inputs (none in a seed block;
+    in a traced network, the dead input columns of the layer its group is named after)."""
+    root = getattr(unit, "_root", None)
+    gone = dead.get(root) if root is not None else None
+    if gone is None or not len(gone) or (root.groups > 1 if hasattr(root, "groups") else False):
+        return 0
+    per_column = root.weight[0, 0].numel() if root.weight.dim() > 2 else 1
+    return len(torch.unique(gone)) * per_column
 
 
 class L1LayerSaliency(Saliency):
