@@ -680,9 +680,20 @@ class ChannelGroup:
                 rows = _live(module, weight_, dead).index_select(0, index)
                 out.append(("out", rows.flatten(1), root))
             else:
-                out.append(("in", weight_.transpose(0, 1).index_select(0, index).flatten(1),
+                # The consumer's rows for its own pruned outputs (another group's channels)
+                # read as zeros: the network cut to its surviving channels has none of them.
+                rows = _dead_rows_zeroed(module, weight_, dead)
+                out.append(("in", rows.transpose(0, 1).index_select(0, index).flatten(1),
                             root))
         return out
+
+    def outputs(self) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+        """The convs and linear layers that produce this group's channels: (module, its output
+        index, the group channel of each), so that a criterion can leave a pruned channel's
+        rows out where another group's criterion reads the layer."""
+        return [(module, index, root) for module, role, index, root in self._members
+                if role == "out" and isinstance(module, (nn.Conv2d, nn.Linear))
+                and not _depthwise(module)]
 
     def layers(self) -> list[nn.Module]:
         """The layers whose weights `parts` reads, each once."""
@@ -734,9 +745,26 @@ class ChannelGroup:
             callback(total)
 
 
-# Per layer, the input channels whose producers are pruned: their weights stay (the masks act on
-# the producers' outputs) but carry nothing, so magnitude criteria read them as zeros.
-DeadInputs = dict[nn.Module, torch.Tensor]
+class DeadInputs(dict):
+    """Per layer, the input channels whose producers are pruned: their weights stay (the masks
+    act on the producers' outputs) but carry nothing, so magnitude criteria read them as zeros.
+    `rows` holds, per layer, its own pruned output rows, which a consumer's columns must leave
+    out likewise."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rows: dict[nn.Module, torch.Tensor] = {}
+
+
+def _dead_rows_zeroed(module: nn.Module, weight: torch.Tensor,
+                      dead: DeadInputs | None) -> torch.Tensor:
+    """`weight` with the rows of `module`'s pruned outputs zeroed (a copy, only if any)."""
+    gone = getattr(dead, "rows", {}).get(module)   # (a dict of no inputs is falsy, not empty)
+    if gone is None or not len(gone):
+        return weight
+    weight = weight.clone()
+    weight[gone.to(weight.device)] = 0
+    return weight
 
 
 def _live(module: nn.Module, weight: torch.Tensor, dead: DeadInputs | None) -> torch.Tensor:

@@ -318,6 +318,11 @@ class PruneJob(Job):
                              f"increase (use --criterion fisher)")
         self.schedule  # noqa: B018 (validates)
 
+    def key_extra(self) -> dict[str, Any]:
+        # l1-mean once counted a traced layer's pruned inputs in its filters' means; its runs
+        # from before are not reused for the criterion it is now.
+        return {"l1_mean": "live-inputs"} if self.criterion == "l1-mean" else {}
+
     @property
     def schedule(self) -> PruneSchedule:
         try:

@@ -13,8 +13,8 @@ from mlprunes.counting import count, training_macs
 from mlprunes.engine.checkpoint import model_from_checkpoint
 from mlprunes.nets import build, prunable_units
 from mlprunes.pruning import compress, make_saliency, masks_from_history, spec_after
-from mlprunes.pruning.loop import PruneSchedule, prune_while_finetuning
-from mlprunes.pruning.saliency import FisherSaliency
+from mlprunes.pruning.loop import PruneSchedule, prune_while_finetuning, restore
+from mlprunes.pruning.saliency import CRITERIA, FisherSaliency
 from mlprunes.pruning.shrink import cut, cut_tensor, expand, surviving
 from tests.test_loop import setup as setup_at_12
 
@@ -116,7 +116,7 @@ def _loaded(checkpoint):
     return {**checkpoint, "spec": arch.ArchSpec.from_json(checkpoint["arch"])}
 
 
-@pytest.mark.parametrize("criterion", ["random", "l1", "l1-mean", "fpgm", "hessian", "taylor"])
+@pytest.mark.parametrize("criterion", [c for c in CRITERIA if c != "fisher"])
 def test_every_kind_of_criterion_chooses_alike_on_a_shrinking_network(criterion):
     """Random draws per original channel; magnitude criteria read weights the cut carries (on
     a VGG, where a layer's inputs are the channels another group loses: the masked network's
@@ -130,13 +130,76 @@ def test_a_seed_network_whose_blocks_vanish_keeps_shrinking():
     """The seed's WRN may lose whole blocks (one becomes its shortcut): cut, such a block has
     no layers at all, and pruning goes on in the others."""
     spec = arch.wrn(10, 1, num_classes=5)
-    trainer, pruner, evaluation = setup("l1", spec)
-    prune_while_finetuning(trainer, pruner, PruneSchedule(prunes=100, prune_every=1,
-                                                          val_every=50, save_every=50,
-                                                          shrink_every=10),
-                           evaluation, SIZE)
-    assert 0 in trainer.model.spec.mids
-    assert trainer.model.spec == spec_after(spec, pruner.history)
+    histories = []
+    for every in (10, 0):
+        trainer, pruner, evaluation = setup("l1", spec)
+        prune_while_finetuning(trainer, pruner, PruneSchedule(prunes=100, prune_every=1,
+                                                              val_every=50, save_every=50,
+                                                              shrink_every=every),
+                               evaluation, SIZE)
+        histories.append(pruner.history)
+    assert 0 in spec_after(spec, histories[0]).mids
+    assert histories[0] == histories[1]
+
+
+@pytest.mark.parametrize("options", [dict(round_to=4), dict(keep_one=True),
+                                     dict(flops_penalty=0.5, image_size=SIZE)],
+                         ids=["round-to-4", "keep-one", "flops-penalty"])
+def test_the_pruners_rules_hold_on_a_shrinking_network(options):
+    """Channels four at a time from one block, a last channel kept, and cost-aware Fisher
+    (which counts FLOPs at the original network's widths less the history) choose alike."""
+    from mlprunes.pruning import Pruner
+
+    spec = network("wrn")
+    histories = []
+    for every in (3, 0):
+        trainer, _, evaluation = setup("fisher", spec)
+        pruner = Pruner(trainer.model, make_saliency("fisher"), **options)
+        prune_while_finetuning(trainer, pruner, PruneSchedule(prunes=10, prune_every=2,
+                                                              val_every=5, save_every=5,
+                                                              shrink_every=every),
+                               evaluation, SIZE)
+        histories.append(pruner.history)
+    assert histories[0] == histories[1]
+    assert len(histories[0]) == 10 * options.get("round_to", 1)
+
+
+def test_a_run_resumes_under_another_shrink_every_and_from_a_masked_checkpoint():
+    """A checkpoint says where its network was cut, so a resume cuts it there whatever the
+    resumed run's own K: a shrinking run resumed masked-only, and a masked run's checkpoint
+    (or one from before checkpoints said so) resumed shrinking, prune as the straight run."""
+    spec = network("resnet")
+    straight = run(spec, "l1", 0)[1].history
+    for saved_with, resumed_with in ((3, 0), (0, 3)):
+        saves = run(spec, "l1", saved_with)[3]
+        checkpoint = copy.deepcopy(saves[8])
+        if saved_with == 0:   # as written before meta held these
+            del checkpoint["meta"]["shrunk"], checkpoint["meta"]["finetune_macs"]
+        trainer, pruner, evaluation = setup("l1", spec)
+        schedule = PruneSchedule(prunes=12, prune_every=3, val_every=2, save_every=4,
+                                 shrink_every=resumed_with)
+        start, curve, spent = restore(checkpoint, trainer, pruner, SIZE)
+        assert start == 8 and pruner.shrunk == (6 if saved_with else 0)
+        prune_while_finetuning(trainer, pruner, schedule, evaluation, SIZE, start=start,
+                               curve=curve, spent=spent)
+        assert pruner.history == straight, (saved_with, resumed_with)
+
+
+def test_plan_counts_the_prune_stage_on_the_shrinking_network():
+    from mlprunes.jobs import PruneJob
+    from mlprunes.study.cost import pruning_macs
+
+    spec = arch.wrn(16, 2)
+    masked = pruning_macs(spec, (32, 32), PruneJob(base_run_id="b", prunes=300,
+                                                    shrink_every=0))
+    assert masked == 301 * count(spec, 32).flops   # a segment before each prune and after
+    shrinking = pruning_macs(spec, (32, 32), PruneJob(base_run_id="b", prunes=300,
+                                                       shrink_every=10))
+    # Every block loses channels in proportion: the segments after q prunes cost the network
+    # of widths (1 - 10 * floor(q / 10) / 448) times the full ones.
+    expected = sum(count(spec.with_mids(round(m * (1 - 10 * (q // 10) / 448))
+                                        for m in spec.mids), 32).flops for q in range(301))
+    assert shrinking == expected and shrinking < 0.75 * masked
 
 
 def test_cut_carries_momentum_so_training_goes_on_as_in_the_masked_network():

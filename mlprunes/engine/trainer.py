@@ -145,6 +145,10 @@ class Trainer:
         data stream is kept."""
         old = {name: self.optimizer.state.get(param, {})
                for name, param in self.model.named_parameters()}
+        if self._compile:
+            # Each cut network is compiled anew; dynamo's caches of the ones before would count
+            # against its recompile limit (past which it runs uncompiled without a word).
+            torch._dynamo.reset()
         self._take(model)
         for name, param in self.model.named_parameters():
             state = {key: carry(name, value, param) if isinstance(value, torch.Tensor)

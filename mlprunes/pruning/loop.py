@@ -15,8 +15,9 @@ With `shrink_every` K > 0, every K prunes the network being fine-tuned is replac
 form (`mlprunes.pruning.shrink`): the same computation on fewer channels, so the loop's cost
 falls as channels go. Its checkpoints stay full-width masked checkpoints, which every later
 stage reads as it reads a run that never shrank; the optimiser and criterion state in them are
-the cut network's (`meta["shrunk"]` says after how many prunes it was cut), which only
-`restore` reads, after cutting the network again where it was cut.
+the cut network's (`meta["shrunk"]` says after how many entries of the prune history it was
+cut: prunes x round_to channels), which only `restore` reads, after cutting the network again
+where it was cut.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ PAPER_BASE_IMAGES = 200 * 50_000
 
 def finetune_share(prunes: int, prune_every: int, batch_size: int, base_epochs: float,
                    train_images: int) -> float:
-    """Fine-tuning while pruning over the base network's training, in compute. The masked
-    network computes at full width throughout, so this is a ratio of images seen."""
+    """Fine-tuning while pruning over the base network's training, in images seen (what the
+    paper's schedule is compared by; a shrinking run computes less per image as it goes)."""
     return prunes * prune_every * batch_size / max(1.0, base_epochs * train_images)
 
 
@@ -121,7 +122,10 @@ def prune_while_finetuning(trainer: Trainer, pruner: Pruner, schedule: PruneSche
     from tqdm import tqdm
 
     curve = list(curve)
-    spent = spent or Spent()
+    if spent is None:   # steps already taken were the full network's (a run that never shrank)
+        spent = Spent(training_macs(count(pruner.spec, image_size).flops,
+                                    trainer.position.step * trainer.loader.batch_size),
+                      trainer.position.step)
     bar = tqdm(total=schedule.prunes, initial=start, desc="prune", unit="prune",
                disable=not progress, mininterval=1.0, dynamic_ncols=True)
     for p in range(start, schedule.prunes + 1):

@@ -155,8 +155,13 @@ class FisherSaliency(Saliency):
 def dead_inputs(blocks: list[PrunableBlock]) -> dict:
     """Per layer of a traced network, the input channels whose groups have pruned them: their
     weights remain (masks act on outputs) but carry nothing, so they must not count in the
-    filters of the layers that read them. Empty for the seed's blocks."""
-    dead: dict = {}
+    filters of the layers that read them; and (`.rows`) each layer's pruned output rows, which
+    must not count in another group's reading of that layer's input columns. So a criterion
+    scores the masked network as it scores the network cut to its surviving channels. Empty
+    for the seed's blocks."""
+    from mlprunes.groups import DeadInputs
+
+    dead = DeadInputs()
     for b in blocks:
         if not hasattr(b, "inputs"):
             continue
@@ -167,6 +172,11 @@ def dead_inputs(blocks: list[PrunableBlock]) -> dict:
             columns = index[gone[root]]
             if len(columns):
                 dead[module] = torch.cat([dead[module], columns]) if module in dead else columns
+        for module, index, root in b.outputs():
+            rows = index[gone[root]]
+            if len(rows):
+                dead.rows[module] = (torch.cat([dead.rows[module], rows])
+                                     if module in dead.rows else rows)
     return dead
 
 

@@ -13,6 +13,10 @@ read back (`_gather_maps`). So weights, BatchNorm statistics, momentum buffers a
 weight-shaped state are cut by the very slicing compression does, for the seed's blocks and for a
 traced network's channel groups alike, with no second description of which axis a channel lies on.
 
+Neither draws from the global random generator (it is forked), so the run's random stream is
+the masked run's. Dropout on pruned channels is the one thing that still differs: the cut
+network draws masks for fewer channels, so its dropout is the same in distribution, not in value.
+
 `expand` goes the other way for checkpoints: the full-width masked state dict of the network a
 cut one holds (pruned entries zero, their BatchNorm variances one), which loads into
 `build(spec, masked=True)` as a checkpoint of a run that never shrank does.
@@ -44,8 +48,9 @@ def cut(model: nn.Module, input_size: Sequence[int] | None = None) -> tuple[nn.M
     Checked against `model` on a batch of `input_size` (channels, height, width; by default the
     description's, or 3x32x32). A criterion attached to `model` must be detached first:
     its hooks would otherwise be copied."""
-    compact, maps = _gather_maps(model)
-    compact = _masked(compact)
+    with torch.random.fork_rng(devices=[]):   # building and tracing draw from the global RNG,
+        compact, maps = _gather_maps(model)    # which a masked run's dropout would not see
+        compact = _masked(compact)
     old = model.state_dict()
     with torch.no_grad():
         for name, tensor in compact.state_dict().items():
@@ -78,9 +83,10 @@ def expand(model: nn.Module, spec: Spec, shrunk: Sequence[int],
     network cut after the prunes `shrunk` (a prefix of `history`), masked since as `history`
     says. Pruned channels' entries are zero (their BatchNorm variances one), masks follow
     `history`: what a run that never shrank would save, but for the weights no output reads."""
-    full = build(spec, masked=True, init="sliced")
-    apply_history(full, shrunk)
-    _, maps = _gather_maps(full)
+    with torch.random.fork_rng(devices=[]):
+        full = build(spec, masked=True, init="sliced")
+        apply_history(full, shrunk)
+        _, maps = _gather_maps(full)
     current = model.state_dict()
     with torch.no_grad():
         for name, tensor in full.state_dict().items():

@@ -181,7 +181,8 @@ def _job_macs(job: Job, graph: Graph, specs, size, name: str,
 
 
 def pruning_macs(spec: ArchSpec, size, job: PruneJob) -> float:
-    """MACs per image summed over a prune run's fine-tuning segments (one per prune): the masked
+    """MACs per image summed over a prune run's fine-tuning segments (one before each prune and
+    one after the last, of `prune_every` steps each): the masked
     network computes at full width, so without shrinking every segment costs the full
     network's MACs; with `shrink_every` K, the segment after q prunes costs the network cut
     after the last multiple of K. Which channels go depends on the criterion, so the estimate
@@ -189,11 +190,12 @@ def pruning_macs(spec: ArchSpec, size, job: PruneJob) -> float:
     layers, and a WRN's shortcuts, keep their cost)."""
     full = count(spec, size).flops
     every = job.shrink_every
+    segments = job.prunes + 1   # fine-tuning before each prune and once after the last
     if every <= 0:
-        return float(full) * job.prunes
+        return float(full) * segments
     total, cut_flops = 0.0, {}
     channels = spec.prunable_channels
-    for q in range(job.prunes):
+    for q in range(segments):
         held = min(channels, (q // every) * every * job.round_to)
         if held not in cut_flops:
             keep = 1 - held / channels
