@@ -472,9 +472,9 @@ def train(arch: ArchChoice, data: DataChoice, recipe: RecipeChoice, run: RunConf
               show_default=True, metavar="K",
               help="Every K prunes, fine-tune on the network cut to its surviving channels "
                    "(weights, BN statistics, momentum and saliency carried over) instead of "
-                   "the masked full-width one: the same computation at a falling cost; 0 "
-                   "fine-tunes the masked network throughout. Checkpoints stay full-width "
-                   "masked ones.")
+                   "the masked full-width one: the same computation in fewer MACs (how much "
+                   "less time depends on the network and device); 0 fine-tunes the masked "
+                   "network throughout. Checkpoints stay full-width masked ones.")
 @DATA.apply
 @PRUNE_RECIPE.apply
 @RUN.apply
