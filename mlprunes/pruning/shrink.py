@@ -158,8 +158,9 @@ def _masked(compact: nn.Module) -> nn.Module:
     spec = compact.spec
     if isinstance(spec, GraphSpec):
         from mlprunes.groups import install_masks
-        install_masks(compact, spec)
-        return compact
+        device = next(compact.parameters()).device
+        install_masks(compact.cpu(), spec)   # traced on the CPU, as its groups were found
+        return compact.to(device)
     masked = build(spec, masked=True)
     masked.to(next(compact.parameters()).device)
     return masked
