@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import torch
+
 from mlprunes.counting import Size, count, size_metrics, training_macs
 from mlprunes.engine.checkpoint import make_checkpoint, restore_rng
 from mlprunes.engine.evaluate import evaluate
@@ -240,7 +242,7 @@ def restore(checkpoint: dict[str, Any], trainer: Trainer, pruner: Pruner,
         pruner.detach()
         apply_history(trainer.model, history[:shrunk])
         smaller, _ = cut(trainer.model, input_size(trainer.model.spec, image_size))
-        trainer.replace_model(smaller, lambda name, old, new: new)   # its state is loaded next
+        trainer.replace_model(smaller, lambda name, old, new: torch.zeros_like(new))   # loaded next
     apply_held_history(trainer.model, pruner.spec, history, shrunk)
     pruner.bind(trainer.model, shrunk)
     trainer.load_state_dict({"model": trainer.model.state_dict(), **checkpoint["trainer"]})

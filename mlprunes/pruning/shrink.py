@@ -110,7 +110,7 @@ def surviving(spec: Spec, shrunk: Sequence[int]) -> list[torch.Tensor]:
     return [mask.nonzero().flatten() for mask in masks_from_history(spec, shrunk)]
 
 
-# -- the indices compression keeps -------------------------------------------------------------------
+# -- the indices compression keeps ---------------------------------------------------------------
 
 def _gather_maps(model: nn.Module) -> tuple[nn.Module, Maps]:
     """The unmasked compressed network (its values meaningless) and, per float entry, the flat

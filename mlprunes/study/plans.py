@@ -144,7 +144,8 @@ def _one_seed(graph: Graph, plan: StudyPlan, run: RunConfig, base_spec: ArchSpec
     prunes = {c: graph.add(f"prune-{c}{suffix}", PruneJob(
         base_run_id=bases[c], criterion=c, prunes=plan.prunes, prune_every=plan.prune_every,
         save_every=plan.save_every, val_every=plan.val_every, keep_one=plan.keep_one,
-        shrink_every=plan.shrink_every, round_to=plan.round_to, flops_penalty=plan.flops_penalty if c == "fisher" else 0.0,
+        shrink_every=plan.shrink_every, round_to=plan.round_to,
+        flops_penalty=plan.flops_penalty if c == "fisher" else 0.0,
         recipe=RecipeChoice(**plan.prune_recipe), data=located, run=run, log_model=log_model,
         run_name=f"prune-{_label(plan, c)}{suffix}"))
         for c in plan.criteria}
