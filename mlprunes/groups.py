@@ -868,22 +868,31 @@ def _unmasked_copy(model: nn.Module) -> nn.Module:
 def check_same(masked: nn.Module, compact: nn.Module, spec: GraphSpec,
                tolerance: float = 1e-3) -> None:
     """Masked and compressed give the same outputs on a batch (eval mode), or one error."""
-    param = next(masked.parameters())
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(4, *spec.input_size, generator=generator).to(param.device, param.dtype)
-    states = masked.training, compact.training
-    masked.eval(), compact.eval()
-    try:
-        with torch.no_grad():
-            a, b = masked(batch), compact(batch)
-    finally:
-        masked.train(states[0]), compact.train(states[1])
-    scale = max(1.0, float(a.abs().max()))
-    if a.shape != b.shape or float((a - b).abs().max()) > tolerance * scale:
+    gap = output_gap(masked, compact, spec.input_size)
+    if gap is None or gap > tolerance:
         raise ArchError("arch", f"{spec.builder}: the compressed network does not compute what "
                                 f"the masked one does (largest difference "
-                                f"{float((a - b).abs().max()) if a.shape == b.shape else 'shape'}"
-                                f"); this network cannot be pruned correctly by its graph")
+                                f"{'shape' if gap is None else f'{gap:.3g}'} of its output's "
+                                f"scale); this network cannot be pruned correctly by its graph")
+
+
+def output_gap(reference: nn.Module, other: nn.Module, input_size) -> float | None:
+    """The largest difference between two networks' outputs on a fixed random batch, in eval
+    mode, over the reference output's scale (at least 1); None if their shapes differ. Both
+    are left in the modes they were in."""
+    param = next(reference.parameters())
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(4, *input_size, generator=generator).to(param.device, param.dtype)
+    modes = reference.training, other.training
+    reference.eval(), other.eval()
+    try:
+        with torch.no_grad():
+            a, b = reference(batch), other(batch)
+    finally:
+        reference.train(modes[0]), other.train(modes[1])
+    if a.shape != b.shape:
+        return None
+    return float((a - b).abs().max()) / max(1.0, float(a.abs().max()))
 
 
 # -- counting ----------------------------------------------------------------------------------------
